@@ -1,0 +1,909 @@
+//! Ops: each checks its arguments and the state, then records its writes in a [`Txn`].
+//! A refused op leaves the overlay unused, so it changes nothing.
+
+use plait_proto::meta::{NewKind, RenameMode, SetAttr, TimeSet, XattrMode};
+use plait_proto::{
+    ChunkId, ErrorCode, Extent, FileKind, Ino, MetaOp, MetaReply, RpcError, Timestamp, VolumeInfo,
+};
+
+use crate::keys;
+use crate::read;
+use crate::records::{DentryRec, ExtentRec, InodeRec, OrphanRec, VolumeRec, encode};
+use crate::txn::Txn;
+use crate::validate;
+use crate::{
+    Command, DIR_DEPTH_MAX, Fail, KvRead, Mutation, NLINK_MAX, OpResult, StoreError, refuse,
+};
+
+/// The setgid bit: on a directory, new entries take its group and new subdirectories
+/// inherit the bit.
+const S_ISGID: u16 = 0o2000;
+
+/// Permission bits kept from a mode.
+const PERM_MASK: u16 = 0o7777;
+
+/// Permission bits of every symlink.
+const SYMLINK_PERM: u16 = 0o777;
+
+/// Permission bits of a new volume root.
+const VOLUME_ROOT_PERM: u16 = 0o755;
+
+/// Entry point: runs the op over an overlay and returns its writes and reply.
+pub(crate) fn apply<R: KvRead>(
+    state: &R,
+    cmd: &Command,
+) -> Result<(Vec<Mutation>, Result<MetaReply, RpcError>), StoreError> {
+    let mut op = Applier {
+        txn: Txn::new(state),
+        now: cmd.now,
+    };
+    match op.run(&cmd.op) {
+        Ok(reply) => Ok((op.txn.into_mutations(), Ok(reply))),
+        Err(Fail::Rpc(e)) => Ok((Vec::new(), Err(e))),
+        Err(Fail::Store(e)) => Err(e),
+    }
+}
+
+/// One op in progress: its overlay and the commit time.
+struct Applier<'a, R: KvRead> {
+    txn: Txn<'a, R>,
+    now: Timestamp,
+}
+
+impl<R: KvRead> Applier<'_, R> {
+    fn run(&mut self, op: &MetaOp) -> OpResult<MetaReply> {
+        match op {
+            MetaOp::CreateVolume {
+                name,
+                replicas,
+                write_quorum,
+            } => self.create_volume(name, *replicas, *write_quorum),
+            MetaOp::Create {
+                parent,
+                name,
+                kind,
+                perm,
+                uid,
+                gid,
+            } => self.create(*parent, name, kind, *perm, *uid, *gid),
+            MetaOp::Unlink { parent, name } => self.unlink(*parent, name),
+            MetaOp::Rmdir { parent, name } => self.rmdir(*parent, name),
+            MetaOp::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                mode,
+            } => self.rename(*parent, name, *new_parent, new_name, *mode),
+            MetaOp::Link {
+                ino,
+                new_parent,
+                new_name,
+            } => self.link(*ino, *new_parent, new_name),
+            MetaOp::SetAttr { ino, set } => self.set_attr(*ino, set),
+            MetaOp::Write { ino, extents } => self.write(*ino, extents),
+            MetaOp::SetXattr {
+                ino,
+                name,
+                value,
+                mode,
+            } => self.set_xattr(*ino, name, value, *mode),
+            MetaOp::RemoveXattr { ino, name } => self.remove_xattr(*ino, name),
+            MetaOp::Reap { ino } => self.reap(*ino),
+        }
+    }
+
+    // ---- record writes -------------------------------------------------------------
+
+    fn put<T: serde::Serialize>(&mut self, key: Vec<u8>, value: &T) -> OpResult<()> {
+        let bytes = encode(value)?;
+        self.txn.put(key, bytes);
+        Ok(())
+    }
+
+    fn put_inode(&mut self, ino: Ino, rec: &InodeRec) -> OpResult<()> {
+        self.put(keys::inode(ino), rec)
+    }
+
+    /// Loads inode `ino` (ENOENT if missing), lets `f` change it and stores it back.
+    fn update_inode(&mut self, ino: Ino, f: impl FnOnce(&mut InodeRec)) -> OpResult<InodeRec> {
+        let mut rec = read::require_inode(&self.txn, ino)?;
+        f(&mut rec);
+        self.put_inode(ino, &rec)?;
+        Ok(rec)
+    }
+
+    /// A directory's entries changed: mtime = ctime = now, and its link count moves by
+    /// `nlink_delta` (one per subdirectory gained or lost).
+    fn touch_dir(&mut self, ino: Ino, nlink_delta: i32) -> OpResult<()> {
+        let now = self.now;
+        self.update_inode(ino, |r| {
+            r.nlink = r.nlink.saturating_add_signed(nlink_delta);
+            r.touch(now);
+        })?;
+        Ok(())
+    }
+
+    /// An inode's attributes changed (rename, link count): ctime = now.
+    fn touch_ctime(&mut self, ino: Ino) -> OpResult<()> {
+        let now = self.now;
+        self.update_inode(ino, |r| r.ctime = now)?;
+        Ok(())
+    }
+
+    fn put_dentry(&mut self, parent: Ino, name: &[u8], d: &DentryRec) -> OpResult<()> {
+        self.put(keys::dentry(parent, name), d)
+    }
+
+    fn delete_dentry(&mut self, parent: Ino, name: &[u8]) {
+        self.txn.delete(keys::dentry(parent, name));
+    }
+
+    fn put_extent(&mut self, ino: Ino, offset: u64, e: &ExtentRec) -> OpResult<()> {
+        debug_assert!(e.len > 0, "empty extent at {offset} of inode {ino}");
+        self.put(keys::extent(ino, offset), e)
+    }
+
+    // ---- counters ------------------------------------------------------------------
+
+    /// Hands out the next inode number (the first is 1).
+    fn alloc_ino(&mut self) -> OpResult<Ino> {
+        let ino = read::counter(&self.txn, keys::NEXT_INO)?.max(1);
+        let next = ino
+            .checked_add(1)
+            .ok_or_else(|| refuse(ErrorCode::NoSpace, "inode numbers exhausted"))?;
+        self.put(keys::counter(keys::NEXT_INO), &next)?;
+        Ok(ino)
+    }
+
+    /// Moves the count of existing inodes by one up or down.
+    fn count_inode(&mut self, created: bool) -> OpResult<()> {
+        let n = read::counter(&self.txn, keys::INODE_COUNT)?;
+        let n = if created {
+            n.saturating_add(1)
+        } else {
+            debug_assert!(n > 0, "inode count underflow");
+            n.saturating_sub(1)
+        };
+        self.put(keys::counter(keys::INODE_COUNT), &n)
+    }
+
+    // ---- chunk references ----------------------------------------------------------
+
+    /// One more extent references `chunk`; a chunk leaving the garbage set is taken out.
+    fn chunk_incref(&mut self, chunk: &ChunkId) -> OpResult<()> {
+        let n = read::refcount(&self.txn, chunk)?;
+        if n == 0 && self.txn.get(&keys::garbage(chunk))?.is_some() {
+            self.txn.delete(keys::garbage(chunk));
+        }
+        let n = n.checked_add(1).ok_or_else(|| {
+            StoreError::Corrupt(format!("reference count of chunk {chunk} overflows"))
+        })?;
+        self.put(keys::chunk_ref(chunk), &n)
+    }
+
+    /// One extent fewer references `chunk`; at zero its count goes and it becomes garbage.
+    fn chunk_decref(&mut self, chunk: &ChunkId) -> OpResult<()> {
+        match read::refcount(&self.txn, chunk)? {
+            0 => Err(StoreError::Corrupt(format!(
+                "reference count of chunk {chunk} would go below zero"
+            ))
+            .into()),
+            1 => {
+                self.txn.delete(keys::chunk_ref(chunk));
+                let now = self.now;
+                self.put(keys::garbage(chunk), &now)
+            }
+            n => self.put(keys::chunk_ref(chunk), &(n - 1)),
+        }
+    }
+
+    // ---- extents -------------------------------------------------------------------
+
+    /// Removes whatever extents of `ino` cover `[start, end)`: extents inside go, extents
+    /// crossing an edge are trimmed, an extent spanning the whole range is split in two
+    /// (both halves keep referencing its chunk). Returns the bytes no longer covered.
+    fn punch(&mut self, ino: Ino, start: u64, end: u64) -> OpResult<u64> {
+        debug_assert!(start < end, "empty punch [{start}, {end}) on inode {ino}");
+        let mut removed = self.punch_head(ino, start, end)?;
+        loop {
+            let page = read::extents_from(&self.txn, ino, start, read::PAGE_ENTRIES)?;
+            let full = page.len() == read::PAGE_ENTRIES;
+            for (offset, e) in page {
+                if offset >= end {
+                    return Ok(removed);
+                }
+                removed = removed.saturating_add(self.punch_one(ino, offset, &e, end)?);
+            }
+            if !full {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// The part of `punch` for an extent that starts before `start` and reaches into the
+    /// range.
+    fn punch_head(&mut self, ino: Ino, start: u64, end: u64) -> OpResult<u64> {
+        let Some(before) = start.checked_sub(1) else {
+            return Ok(0);
+        };
+        let Some((offset, e)) = read::extent_at_or_before(&self.txn, ino, before)? else {
+            return Ok(0);
+        };
+        let e_end = offset.saturating_add(e.len);
+        if e_end <= start {
+            return Ok(0);
+        }
+        let left = ExtentRec {
+            len: start - offset,
+            ..e
+        };
+        self.put_extent(ino, offset, &left)?;
+        if e_end <= end {
+            return Ok(e_end - start);
+        }
+        let right = ExtentRec {
+            len: e_end - end,
+            chunk: e.chunk,
+            chunk_offset: e.chunk_offset.saturating_add(end - offset),
+        };
+        self.put_extent(ino, end, &right)?;
+        self.chunk_incref(&e.chunk)?;
+        Ok(end.saturating_sub(start))
+    }
+
+    /// The part of `punch` for an extent starting at `offset` inside the range: removed,
+    /// or cut down to the part past `end`.
+    fn punch_one(&mut self, ino: Ino, offset: u64, e: &ExtentRec, end: u64) -> OpResult<u64> {
+        self.txn.delete(keys::extent(ino, offset));
+        let e_end = offset.saturating_add(e.len);
+        if e_end <= end {
+            self.chunk_decref(&e.chunk)?;
+            return Ok(e.len);
+        }
+        let tail = ExtentRec {
+            len: e_end - end,
+            chunk: e.chunk,
+            chunk_offset: e.chunk_offset.saturating_add(end - offset),
+        };
+        self.put_extent(ino, end, &tail)?;
+        Ok(end - offset)
+    }
+
+    // ---- whole-inode removal ------------------------------------------------------
+
+    fn delete_xattrs(&mut self, ino: Ino) -> OpResult<()> {
+        for (k, _) in read::scan_all(&self.txn, &keys::xattr_prefix(ino))? {
+            self.txn.delete(k);
+        }
+        Ok(())
+    }
+
+    /// Deletes an (empty) directory inode and its xattrs. Its entry and its parent's link
+    /// count are the caller's business.
+    fn delete_dir_inode(&mut self, ino: Ino) -> OpResult<()> {
+        debug_assert!(read::dir_is_empty(&self.txn, ino).unwrap_or(true));
+        self.delete_xattrs(ino)?;
+        self.txn.delete(keys::inode(ino));
+        self.count_inode(false)
+    }
+
+    /// A non-directory loses one link (its entry is the caller's business). At zero it
+    /// becomes an orphan, kept until reaped; returns it then.
+    fn drop_link(&mut self, ino: Ino) -> OpResult<Option<Ino>> {
+        let now = self.now;
+        let rec = self.update_inode(ino, |r| {
+            debug_assert!(r.nlink > 0, "unlinking inode {ino} with no links");
+            r.nlink = r.nlink.saturating_sub(1);
+            r.ctime = now;
+        })?;
+        if rec.nlink > 0 {
+            return Ok(None);
+        }
+        self.put(keys::orphan(ino), &OrphanRec { since: now })?;
+        Ok(Some(ino))
+    }
+
+    // ---- ops -----------------------------------------------------------------------
+
+    fn create_volume(
+        &mut self,
+        name: &str,
+        replicas: u32,
+        write_quorum: u32,
+    ) -> OpResult<MetaReply> {
+        validate::volume(name, replicas, write_quorum)?;
+        if self.txn.get(&keys::volume(name))?.is_some() {
+            return Err(refuse(ErrorCode::Exists, format!("volume {name:?} exists")));
+        }
+        let root = self.alloc_ino()?;
+        let rec = InodeRec {
+            kind: FileKind::Dir,
+            perm: VOLUME_ROOT_PERM,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 0,
+            allocated_bytes: 0,
+            atime: self.now,
+            mtime: self.now,
+            ctime: self.now,
+            crtime: self.now,
+            parent: root,
+            target: Vec::new(),
+            volume_root: true,
+        };
+        self.put_inode(root, &rec)?;
+        self.count_inode(true)?;
+        let vol = VolumeRec {
+            root,
+            replicas,
+            write_quorum,
+        };
+        self.put(keys::volume(name), &vol)?;
+        Ok(MetaReply::Volume(VolumeInfo {
+            name: name.to_owned(),
+            root,
+            replicas,
+            write_quorum,
+        }))
+    }
+
+    fn create(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        kind: &NewKind,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+    ) -> OpResult<MetaReply> {
+        validate::name(name)?;
+        validate::new_kind(kind)?;
+        let dir = read::require_dir(&self.txn, parent)?;
+        if read::dentry(&self.txn, parent, name)?.is_some() {
+            return Err(refuse(
+                ErrorCode::Exists,
+                format!(
+                    "{:?} exists in directory {parent}",
+                    String::from_utf8_lossy(name)
+                ),
+            ));
+        }
+        let ino = self.alloc_ino()?;
+        let rec = new_inode(&dir, parent, kind, perm, uid, gid, self.now);
+        self.put_inode(ino, &rec)?;
+        self.count_inode(true)?;
+        self.put_dentry(
+            parent,
+            name,
+            &DentryRec {
+                ino,
+                kind: rec.kind,
+            },
+        )?;
+        self.touch_dir(parent, i32::from(rec.is_dir()))?;
+        Ok(MetaReply::Attr(rec.attr(ino)))
+    }
+
+    fn unlink(&mut self, parent: Ino, name: &[u8]) -> OpResult<MetaReply> {
+        validate::name(name)?;
+        read::require_dir(&self.txn, parent)?;
+        let d = read::require_dentry(&self.txn, parent, name)?;
+        read::child(&self.txn, &d)?;
+        if d.is_dir() {
+            return Err(refuse(
+                ErrorCode::IsDir,
+                format!("{:?} is a directory", String::from_utf8_lossy(name)),
+            ));
+        }
+        self.delete_dentry(parent, name);
+        let orphan = self.drop_link(d.ino)?;
+        self.touch_dir(parent, 0)?;
+        Ok(MetaReply::Removed { orphan })
+    }
+
+    fn rmdir(&mut self, parent: Ino, name: &[u8]) -> OpResult<MetaReply> {
+        validate::name(name)?;
+        read::require_dir(&self.txn, parent)?;
+        let d = read::require_dentry(&self.txn, parent, name)?;
+        let child = read::child(&self.txn, &d)?;
+        if !child.is_dir() {
+            return Err(refuse(
+                ErrorCode::NotDir,
+                format!("{:?} is not a directory", String::from_utf8_lossy(name)),
+            ));
+        }
+        if child.volume_root {
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                "cannot remove a volume root",
+            ));
+        }
+        if !read::dir_is_empty(&self.txn, d.ino)? {
+            return Err(refuse(
+                ErrorCode::NotEmpty,
+                format!("directory {} is not empty", d.ino),
+            ));
+        }
+        self.delete_dentry(parent, name);
+        self.delete_dir_inode(d.ino)?;
+        self.touch_dir(parent, -1)?;
+        Ok(MetaReply::Removed { orphan: None })
+    }
+
+    fn link(&mut self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> OpResult<MetaReply> {
+        validate::name(new_name)?;
+        read::require_dir(&self.txn, new_parent)?;
+        if read::dentry(&self.txn, new_parent, new_name)?.is_some() {
+            return Err(refuse(
+                ErrorCode::Exists,
+                format!(
+                    "{:?} exists in directory {new_parent}",
+                    String::from_utf8_lossy(new_name)
+                ),
+            ));
+        }
+        let rec = read::require_inode(&self.txn, ino)?;
+        if rec.is_dir() {
+            return Err(refuse(
+                ErrorCode::NotPermitted,
+                format!("cannot hard-link directory {ino}"),
+            ));
+        }
+        if rec.nlink == 0 {
+            return Err(refuse(
+                ErrorCode::NotFound,
+                format!("inode {ino} was unlinked"),
+            ));
+        }
+        if rec.nlink >= NLINK_MAX {
+            return Err(refuse(
+                ErrorCode::TooManyLinks,
+                format!("inode {ino} has {NLINK_MAX} links"),
+            ));
+        }
+        let now = self.now;
+        let rec = self.update_inode(ino, |r| {
+            r.nlink = r.nlink.saturating_add(1);
+            r.ctime = now;
+        })?;
+        self.put_dentry(
+            new_parent,
+            new_name,
+            &DentryRec {
+                ino,
+                kind: rec.kind,
+            },
+        )?;
+        self.touch_dir(new_parent, 0)?;
+        Ok(MetaReply::Attr(rec.attr(ino)))
+    }
+
+    fn set_attr(&mut self, ino: Ino, set: &SetAttr) -> OpResult<MetaReply> {
+        let rec = read::require_inode(&self.txn, ino)?;
+        if *set == SetAttr::default() {
+            return Ok(MetaReply::Attr(rec.attr(ino)));
+        }
+        let mut released = 0;
+        if let Some(size) = set.size {
+            read::require_file(&rec, ino)?;
+            validate::file_size(size)?;
+            if size < rec.size {
+                released = self.punch(ino, size, u64::MAX)?;
+            }
+        }
+        let now = self.now;
+        let rec = self.update_inode(ino, |r| apply_set_attr(r, set, released, now))?;
+        Ok(MetaReply::Attr(rec.attr(ino)))
+    }
+
+    fn write(&mut self, ino: Ino, extents: &[Extent]) -> OpResult<MetaReply> {
+        let rec = read::require_inode(&self.txn, ino)?;
+        read::require_file(&rec, ino)?;
+        let extents = validate::write_extents(extents)?;
+        if extents.is_empty() {
+            return Ok(MetaReply::Attr(rec.attr(ino)));
+        }
+        // Take the new references first, so a chunk both released and re-referenced by
+        // this write never passes through zero.
+        for e in &extents {
+            self.chunk_incref(&e.chunk)?;
+        }
+        let mut released = 0u64;
+        let mut added = 0u64;
+        let mut end = 0u64;
+        for e in &extents {
+            released = released.saturating_add(self.punch(ino, e.file_offset, e.end())?);
+            let new = ExtentRec {
+                len: e.len,
+                chunk: e.chunk,
+                chunk_offset: e.chunk_offset,
+            };
+            self.put_extent(ino, e.file_offset, &new)?;
+            added = added.saturating_add(e.len);
+            end = end.max(e.end());
+        }
+        let now = self.now;
+        let rec = self.update_inode(ino, |r| {
+            r.allocated_bytes = r
+                .allocated_bytes
+                .saturating_sub(released)
+                .saturating_add(added);
+            r.size = r.size.max(end);
+            r.touch(now);
+        })?;
+        Ok(MetaReply::Attr(rec.attr(ino)))
+    }
+
+    fn set_xattr(
+        &mut self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        mode: XattrMode,
+    ) -> OpResult<MetaReply> {
+        validate::xattr_name(name)?;
+        validate::xattr_value(value)?;
+        read::require_inode(&self.txn, ino)?;
+        let key = keys::xattr(ino, name);
+        let exists = self.txn.get(&key)?.is_some();
+        match mode {
+            XattrMode::Create if exists => {
+                return Err(refuse(
+                    ErrorCode::Exists,
+                    format!("xattr {:?} exists", String::from_utf8_lossy(name)),
+                ));
+            }
+            XattrMode::Replace if !exists => return Err(no_attr(name)),
+            _ => {}
+        }
+        self.txn.put(key, value.to_vec());
+        self.touch_ctime(ino)?;
+        Ok(MetaReply::Empty)
+    }
+
+    fn remove_xattr(&mut self, ino: Ino, name: &[u8]) -> OpResult<MetaReply> {
+        validate::xattr_name(name)?;
+        read::require_inode(&self.txn, ino)?;
+        let key = keys::xattr(ino, name);
+        if self.txn.get(&key)?.is_none() {
+            return Err(no_attr(name));
+        }
+        self.txn.delete(key);
+        self.touch_ctime(ino)?;
+        Ok(MetaReply::Empty)
+    }
+
+    fn reap(&mut self, ino: Ino) -> OpResult<MetaReply> {
+        let Some(rec) = read::inode(&self.txn, ino)? else {
+            return Ok(MetaReply::Empty);
+        };
+        if rec.nlink != 0 || rec.is_dir() {
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                format!("inode {ino} still has {} links", rec.nlink),
+            ));
+        }
+        self.punch(ino, 0, u64::MAX)?;
+        self.delete_xattrs(ino)?;
+        self.txn.delete(keys::orphan(ino));
+        self.txn.delete(keys::inode(ino));
+        self.count_inode(false)?;
+        Ok(MetaReply::Empty)
+    }
+
+    // ---- rename --------------------------------------------------------------------
+
+    fn rename(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> OpResult<MetaReply> {
+        validate::name(name)?;
+        validate::name(new_name)?;
+        read::require_dir(&self.txn, parent)?;
+        read::require_dir(&self.txn, new_parent)?;
+        let chains = if parent == new_parent {
+            None
+        } else {
+            Some(self.rename_chains(parent, new_parent)?)
+        };
+        let src = read::require_dentry(&self.txn, parent, name)?;
+        read::child(&self.txn, &src)?;
+        let tgt = read::dentry(&self.txn, new_parent, new_name)?;
+        check_rename_mode(mode, tgt.is_some(), new_name)?;
+        if let Some((old_chain, new_chain)) = &chains {
+            check_rename_traps(&src, tgt.as_ref(), old_chain, new_chain, mode)?;
+        }
+        let Some(tgt) = tgt else {
+            self.rename_move(parent, name, new_parent, new_name, &src)?;
+            return Ok(MetaReply::Removed { orphan: None });
+        };
+        if tgt.ino == src.ino {
+            // Two names of one inode (or one name): Linux does nothing and succeeds.
+            return Ok(MetaReply::Removed { orphan: None });
+        }
+        read::child(&self.txn, &tgt)?;
+        if mode == RenameMode::Exchange {
+            self.rename_exchange(parent, name, new_parent, new_name, (&src, &tgt))?;
+            return Ok(MetaReply::Removed { orphan: None });
+        }
+        let orphan = self.rename_replace(new_parent, &src, &tgt)?;
+        self.rename_move(parent, name, new_parent, new_name, &src)?;
+        Ok(MetaReply::Removed { orphan })
+    }
+
+    /// The ancestor chains of both parents (each from the directory up to its volume
+    /// root); EXDEV if they lie in different volumes.
+    fn rename_chains(&self, parent: Ino, new_parent: Ino) -> OpResult<(Vec<Ino>, Vec<Ino>)> {
+        let old_chain = ancestors(&self.txn, parent)?;
+        let new_chain = ancestors(&self.txn, new_parent)?;
+        if old_chain.last() != new_chain.last() {
+            return Err(refuse(
+                ErrorCode::CrossDevice,
+                format!("directories {parent} and {new_parent} are in different volumes"),
+            ));
+        }
+        Ok((old_chain, new_chain))
+    }
+
+    /// Moves entry `name` of `parent` to `new_name` of `new_parent` (overwriting any entry
+    /// there, which the caller has dealt with).
+    fn rename_move(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        src: &DentryRec,
+    ) -> OpResult<()> {
+        self.delete_dentry(parent, name);
+        self.put_dentry(new_parent, new_name, src)?;
+        let moves_dir = src.is_dir() && parent != new_parent;
+        let now = self.now;
+        self.update_inode(src.ino, |r| {
+            r.ctime = now;
+            if moves_dir {
+                r.parent = new_parent;
+            }
+        })?;
+        let delta = i32::from(moves_dir);
+        self.touch_dir(parent, -delta)?;
+        self.touch_dir(new_parent, delta)
+    }
+
+    /// Type and emptiness checks of a replacing rename, then the target loses its name:
+    /// an empty directory is deleted, a non-directory loses a link (and may become an
+    /// orphan, which is returned).
+    fn rename_replace(
+        &mut self,
+        new_parent: Ino,
+        src: &DentryRec,
+        tgt: &DentryRec,
+    ) -> OpResult<Option<Ino>> {
+        match (src.is_dir(), tgt.is_dir()) {
+            (true, false) => Err(refuse(
+                ErrorCode::NotDir,
+                format!("cannot replace non-directory {} with a directory", tgt.ino),
+            )),
+            (false, true) => Err(refuse(
+                ErrorCode::IsDir,
+                format!("cannot replace directory {} with a non-directory", tgt.ino),
+            )),
+            (true, true) => {
+                if !read::dir_is_empty(&self.txn, tgt.ino)? {
+                    return Err(refuse(
+                        ErrorCode::NotEmpty,
+                        format!("directory {} is not empty", tgt.ino),
+                    ));
+                }
+                self.delete_dir_inode(tgt.ino)?;
+                self.touch_dir(new_parent, -1)?;
+                Ok(None)
+            }
+            (false, false) => self.drop_link(tgt.ino),
+        }
+    }
+
+    /// Swaps two entries (RENAME_EXCHANGE), moving each directory's parent pointer and
+    /// link counts when the parents differ.
+    fn rename_exchange(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        (src, tgt): (&DentryRec, &DentryRec),
+    ) -> OpResult<()> {
+        self.put_dentry(parent, name, tgt)?;
+        self.put_dentry(new_parent, new_name, src)?;
+        let cross = parent != new_parent;
+        let now = self.now;
+        for (d, dest) in [(src, new_parent), (tgt, parent)] {
+            let moves_dir = cross && d.is_dir();
+            self.update_inode(d.ino, |r| {
+                r.ctime = now;
+                if moves_dir {
+                    r.parent = dest;
+                }
+            })?;
+        }
+        let src_dir = i32::from(cross && src.is_dir());
+        let tgt_dir = i32::from(cross && tgt.is_dir());
+        self.touch_dir(parent, tgt_dir - src_dir)?;
+        self.touch_dir(new_parent, src_dir - tgt_dir)
+    }
+}
+
+/// RENAME_NOREPLACE needs the target absent (EEXIST), RENAME_EXCHANGE present (ENOENT).
+fn check_rename_mode(mode: RenameMode, target_exists: bool, new_name: &[u8]) -> OpResult<()> {
+    match (mode, target_exists) {
+        (RenameMode::NoReplace, true) => Err(refuse(
+            ErrorCode::Exists,
+            format!("{:?} exists", String::from_utf8_lossy(new_name)),
+        )),
+        (RenameMode::Exchange, false) => Err(refuse(
+            ErrorCode::NotFound,
+            format!("{:?} does not exist", String::from_utf8_lossy(new_name)),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Linux's "trap" checks for a rename between different directories: a directory may not
+/// move below itself (EINVAL), and the target may not be an ancestor of the source
+/// (ENOTEMPTY, or EINVAL for an exchange).
+fn check_rename_traps(
+    src: &DentryRec,
+    tgt: Option<&DentryRec>,
+    old_chain: &[Ino],
+    new_chain: &[Ino],
+    mode: RenameMode,
+) -> OpResult<()> {
+    if new_chain.contains(&src.ino) {
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            format!("cannot move directory {} into its own subtree", src.ino),
+        ));
+    }
+    if let Some(t) = tgt
+        && old_chain.contains(&t.ino)
+    {
+        let code = if mode == RenameMode::Exchange {
+            ErrorCode::InvalidArgument
+        } else {
+            ErrorCode::NotEmpty
+        };
+        return Err(refuse(
+            code,
+            format!("directory {} is an ancestor of the source", t.ino),
+        ));
+    }
+    Ok(())
+}
+
+/// Directory `ino` and its ancestors up to its volume root, nearest first.
+fn ancestors(r: &impl KvRead, ino: Ino) -> OpResult<Vec<Ino>> {
+    let mut chain = Vec::new();
+    let mut cur = ino;
+    while chain.len() < DIR_DEPTH_MAX {
+        chain.push(cur);
+        let rec = read::inode(r, cur)?
+            .ok_or_else(|| StoreError::Corrupt(format!("directory {cur} has a missing parent")))?;
+        if rec.volume_root || rec.parent == cur {
+            return Ok(chain);
+        }
+        cur = rec.parent;
+    }
+    Err(refuse(
+        ErrorCode::InvalidArgument,
+        format!("directory {ino} is more than {DIR_DEPTH_MAX} levels deep"),
+    ))
+}
+
+/// A new inode record for `kind` created in directory `dir` (inode `parent`).
+fn new_inode(
+    dir: &InodeRec,
+    parent: Ino,
+    kind: &NewKind,
+    perm: u16,
+    uid: u32,
+    gid: u32,
+    now: Timestamp,
+) -> InodeRec {
+    let setgid_dir = dir.perm & S_ISGID != 0;
+    let mut rec = InodeRec {
+        kind: FileKind::File,
+        perm: perm & PERM_MASK,
+        nlink: 1,
+        uid,
+        gid: if setgid_dir { dir.gid } else { gid },
+        rdev: 0,
+        size: 0,
+        allocated_bytes: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        parent: 0,
+        target: Vec::new(),
+        volume_root: false,
+    };
+    match kind {
+        NewKind::File => {}
+        NewKind::Dir => {
+            rec.kind = FileKind::Dir;
+            rec.nlink = 2;
+            rec.parent = parent;
+            if setgid_dir {
+                rec.perm |= S_ISGID;
+            }
+        }
+        NewKind::Symlink { target } => {
+            rec.kind = FileKind::Symlink;
+            rec.perm = SYMLINK_PERM;
+            rec.size = target.len() as u64;
+            rec.target = target.clone();
+        }
+        NewKind::Fifo => rec.kind = FileKind::Fifo,
+        NewKind::Socket => rec.kind = FileKind::Socket,
+        NewKind::CharDev { rdev } => {
+            rec.kind = FileKind::CharDev;
+            rec.rdev = *rdev;
+        }
+        NewKind::BlockDev { rdev } => {
+            rec.kind = FileKind::BlockDev;
+            rec.rdev = *rdev;
+        }
+    }
+    rec
+}
+
+/// Applies a `SetAttr` to a record; `released` is what the shrink took off
+/// `allocated_bytes`. Any change sets ctime; a size change sets mtime unless given.
+fn apply_set_attr(r: &mut InodeRec, set: &SetAttr, released: u64, now: Timestamp) {
+    let at = |t: TimeSet| match t {
+        TimeSet::Now => now,
+        TimeSet::At(ts) => ts,
+    };
+    if let Some(p) = set.perm {
+        r.perm = p & PERM_MASK;
+    }
+    if let Some(u) = set.uid {
+        r.uid = u;
+    }
+    if let Some(g) = set.gid {
+        r.gid = g;
+    }
+    if let Some(t) = set.atime {
+        r.atime = at(t);
+    }
+    if let Some(t) = set.mtime {
+        r.mtime = at(t);
+    }
+    if let Some(size) = set.size {
+        if size != r.size && set.mtime.is_none() {
+            r.mtime = now;
+        }
+        r.size = size;
+        r.allocated_bytes = r.allocated_bytes.saturating_sub(released);
+    }
+    r.ctime = now;
+}
+
+fn no_attr(name: &[u8]) -> Fail {
+    refuse(
+        ErrorCode::NoAttr,
+        format!("no xattr {:?}", String::from_utf8_lossy(name)),
+    )
+}
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+//! Key encoding. Every key starts with a one-byte prefix naming the record type; integers
+//! are big-endian so that byte order is numeric order and prefix scans come out sorted.
+
+use plait_proto::{ChunkId, Ino};
+
+use crate::StoreError;
+
+/// Inode record: `I` + ino.
+pub(crate) const INODE: u8 = b'I';
+/// Directory entry: `D` + parent ino + name.
+pub(crate) const DENTRY: u8 = b'D';
+/// Extent: `E` + ino + file offset.
+pub(crate) const EXTENT: u8 = b'E';
+/// Extended attribute: `X` + ino + name.
+pub(crate) const XATTR: u8 = b'X';
+/// Chunk reference count: `C` + chunk id.
+pub(crate) const CHUNK_REF: u8 = b'C';
+/// Garbage chunk: `G` + chunk id.
+pub(crate) const GARBAGE: u8 = b'G';
+/// Volume: `V` + name.
+pub(crate) const VOLUME: u8 = b'V';
+/// Orphan marker: `O` + ino.
+pub(crate) const ORPHAN: u8 = b'O';
+/// Counter: `N` + counter name.
+pub(crate) const COUNTER: u8 = b'N';
+
+/// Counter holding the next inode number to hand out.
+pub(crate) const NEXT_INO: &[u8] = b"next_ino";
+/// Counter holding the number of inodes in existence (for statfs).
+pub(crate) const INODE_COUNT: &[u8] = b"inodes";
+
+/// Length of a prefix byte plus an inode number.
+const INO_PREFIX_BYTES: usize = 1 + 8;
+
+fn with_ino(tag: u8, ino: Ino, extra: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(INO_PREFIX_BYTES + extra);
+    k.push(tag);
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+/// Key of an inode record.
+pub(crate) fn inode(ino: Ino) -> Vec<u8> {
+    with_ino(INODE, ino, 0)
+}
+
+/// Prefix of all entries of directory `parent`.
+pub(crate) fn dentry_prefix(parent: Ino) -> Vec<u8> {
+    with_ino(DENTRY, parent, 0)
+}
+
+/// Key of entry `name` in directory `parent`.
+pub(crate) fn dentry(parent: Ino, name: &[u8]) -> Vec<u8> {
+    let mut k = with_ino(DENTRY, parent, name.len());
+    k.extend_from_slice(name);
+    k
+}
+
+/// Prefix of all extents of `ino`.
+pub(crate) fn extent_prefix(ino: Ino) -> Vec<u8> {
+    with_ino(EXTENT, ino, 0)
+}
+
+/// Key of the extent of `ino` starting at `offset`.
+pub(crate) fn extent(ino: Ino, offset: u64) -> Vec<u8> {
+    let mut k = with_ino(EXTENT, ino, 8);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// Prefix of all extended attributes of `ino`.
+pub(crate) fn xattr_prefix(ino: Ino) -> Vec<u8> {
+    with_ino(XATTR, ino, 0)
+}
+
+/// Key of extended attribute `name` of `ino`.
+pub(crate) fn xattr(ino: Ino, name: &[u8]) -> Vec<u8> {
+    let mut k = with_ino(XATTR, ino, name.len());
+    k.extend_from_slice(name);
+    k
+}
+
+fn with_chunk(tag: u8, chunk: &ChunkId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + chunk.0.len());
+    k.push(tag);
+    k.extend_from_slice(&chunk.0);
+    k
+}
+
+/// Key of a chunk's reference count.
+pub(crate) fn chunk_ref(chunk: &ChunkId) -> Vec<u8> {
+    with_chunk(CHUNK_REF, chunk)
+}
+
+/// Key of a chunk's garbage entry.
+pub(crate) fn garbage(chunk: &ChunkId) -> Vec<u8> {
+    with_chunk(GARBAGE, chunk)
+}
+
+/// Key of a volume record.
+pub(crate) fn volume(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(VOLUME);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Key of an orphan marker.
+pub(crate) fn orphan(ino: Ino) -> Vec<u8> {
+    with_ino(ORPHAN, ino, 0)
+}
+
+/// Key of a counter.
+pub(crate) fn counter(name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(COUNTER);
+    k.extend_from_slice(name);
+    k
+}
+
+fn corrupt_key(what: &str, key: &[u8]) -> StoreError {
+    StoreError::Corrupt(format!("malformed {what} key {key:02x?}"))
+}
+
+/// The file offset of an extent key.
+pub(crate) fn extent_offset(key: &[u8]) -> Result<u64, StoreError> {
+    key.get(INO_PREFIX_BYTES..)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt_key("extent", key))
+}
+
+/// The name part of a directory entry or xattr key.
+pub(crate) fn name_after_ino(key: &[u8]) -> Result<&[u8], StoreError> {
+    key.get(INO_PREFIX_BYTES..)
+        .ok_or_else(|| corrupt_key("named", key))
+}
+
+/// The chunk id of a `C` or `G` key.
+pub(crate) fn chunk_of(key: &[u8]) -> Result<ChunkId, StoreError> {
+    key.get(1..)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .map(ChunkId)
+        .ok_or_else(|| corrupt_key("chunk", key))
+}
+
+/// The name part of a volume key.
+pub(crate) fn volume_name(key: &[u8]) -> Result<String, StoreError> {
+    key.get(1..)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(str::to_owned)
+        .ok_or_else(|| corrupt_key("volume", key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extent_keys_sort_numerically() {
+        let offsets = [0u64, 1, 255, 256, 65_536, u64::MAX];
+        for pair in offsets.windows(2) {
+            if let [a, b] = pair {
+                assert!(extent(7, *a) < extent(7, *b));
+            }
+        }
+        assert!(extent(7, u64::MAX) < extent(8, 0));
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        assert_eq!(extent_offset(&extent(3, 12_345)).unwrap(), 12_345);
+        assert_eq!(name_after_ino(&dentry(3, b"abc")).unwrap(), b"abc");
+        assert_eq!(name_after_ino(&xattr(3, b"user.x")).unwrap(), b"user.x");
+        let c = ChunkId([9; 32]);
+        assert_eq!(chunk_of(&chunk_ref(&c)).unwrap(), c);
+        assert_eq!(chunk_of(&garbage(&c)).unwrap(), c);
+        assert_eq!(volume_name(&volume("vol-1")).unwrap(), "vol-1");
+    }
+
+    #[test]
+    fn malformed_keys_are_corrupt() {
+        assert!(extent_offset(b"E123").is_err());
+        assert!(chunk_of(b"C").is_err());
+        assert!(name_after_ino(b"D12").is_err());
+        assert!(volume_name(&[b'V', 0xff]).is_err());
+    }
+
+    #[test]
+    fn dentries_of_one_dir_share_a_prefix() {
+        assert!(dentry(1, b"zzz").starts_with(&dentry_prefix(1)));
+        assert!(!dentry(2, b"").starts_with(&dentry_prefix(1)));
+    }
+}

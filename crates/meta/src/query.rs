@@ -1,0 +1,216 @@
+//! Reads: answer a [`MetaQuery`] from the state, and page through chunk sets for the GC
+//! and scrub workers.
+
+use plait_proto::{
+    ChunkId, DirEntry, ErrorCode, Extent, FileKind, FsStats, Ino, MetaQuery, MetaReply, RpcError,
+    Timestamp, VolumeInfo,
+};
+
+use crate::keys;
+use crate::read;
+use crate::records::{DentryRec, VolumeRec, decode};
+use crate::validate;
+use crate::{
+    EXTENTS_MAX_PER_QUERY, INODES_MAX, KvRead, OpResult, READDIR_MAX_ENTRIES, StoreError,
+    XATTR_LIST_MAX_BYTES, refuse, split,
+};
+
+/// Entry point of [`crate::query`].
+pub(crate) fn query(
+    r: &impl KvRead,
+    q: &MetaQuery,
+) -> Result<Result<MetaReply, RpcError>, StoreError> {
+    split(run(r, q))
+}
+
+fn run(r: &impl KvRead, q: &MetaQuery) -> OpResult<MetaReply> {
+    match q {
+        MetaQuery::Volume { name } => volume(r, name),
+        MetaQuery::ListVolumes => list_volumes(r),
+        MetaQuery::Lookup { parent, name } => lookup(r, *parent, name),
+        MetaQuery::GetAttr { ino } => Ok(MetaReply::Attr(read::require_inode(r, *ino)?.attr(*ino))),
+        MetaQuery::ReadDir { ino, after, limit } => read_dir(r, *ino, after.as_deref(), *limit),
+        MetaQuery::ReadLink { ino } => read_link(r, *ino),
+        MetaQuery::Extents { ino, offset, len } => extents(r, *ino, *offset, *len),
+        MetaQuery::GetXattr { ino, name } => get_xattr(r, *ino, name),
+        MetaQuery::ListXattr { ino } => list_xattr(r, *ino),
+        MetaQuery::FsStats => fs_stats(r),
+    }
+}
+
+fn volume_info(key: &[u8], value: &[u8]) -> Result<VolumeInfo, StoreError> {
+    let rec: VolumeRec = decode(key, value)?;
+    Ok(VolumeInfo {
+        name: keys::volume_name(key)?,
+        root: rec.root,
+        replicas: rec.replicas,
+        write_quorum: rec.write_quorum,
+    })
+}
+
+fn volume(r: &impl KvRead, name: &str) -> OpResult<MetaReply> {
+    let key = keys::volume(name);
+    let value = r
+        .get(&key)?
+        .ok_or_else(|| refuse(ErrorCode::NotFound, format!("no volume {name:?}")))?;
+    Ok(MetaReply::Volume(volume_info(&key, &value)?))
+}
+
+fn list_volumes(r: &impl KvRead) -> OpResult<MetaReply> {
+    let vols = read::scan_all(r, &[keys::VOLUME])?
+        .iter()
+        .map(|(k, v)| volume_info(k, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(MetaReply::Volumes(vols))
+}
+
+fn lookup(r: &impl KvRead, parent: Ino, name: &[u8]) -> OpResult<MetaReply> {
+    validate::name(name)?;
+    read::require_dir(r, parent)?;
+    let d = read::require_dentry(r, parent, name)?;
+    Ok(MetaReply::Attr(read::child(r, &d)?.attr(d.ino)))
+}
+
+fn read_dir(r: &impl KvRead, ino: Ino, after: Option<&[u8]>, limit: u32) -> OpResult<MetaReply> {
+    let dir = read::require_dir(r, ino)?;
+    let limit = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .min(READDIR_MAX_ENTRIES);
+    let after = after.map(|name| keys::dentry(ino, name));
+    let page = if limit == 0 {
+        Vec::new()
+    } else {
+        r.scan(&keys::dentry_prefix(ino), after.as_deref(), limit)?
+    };
+    let mut entries = Vec::with_capacity(page.len());
+    for (k, v) in &page {
+        let d: DentryRec = decode(k, v)?;
+        let child = read::child(r, &d)?;
+        entries.push(DirEntry {
+            name: keys::name_after_ino(k)?.to_vec(),
+            attr: child.attr(d.ino),
+        });
+    }
+    Ok(MetaReply::Entries {
+        parent: dir.parent,
+        entries,
+    })
+}
+
+fn read_link(r: &impl KvRead, ino: Ino) -> OpResult<MetaReply> {
+    let rec = read::require_inode(r, ino)?;
+    if rec.kind != FileKind::Symlink {
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            format!("inode {ino} is not a symlink"),
+        ));
+    }
+    Ok(MetaReply::Link(rec.target))
+}
+
+fn extents(r: &impl KvRead, ino: Ino, offset: u64, len: u64) -> OpResult<MetaReply> {
+    let rec = read::require_inode(r, ino)?;
+    read::require_file(&rec, ino)?;
+    let end = offset.saturating_add(len);
+    let mut out = Vec::new();
+    if len > 0 {
+        if let Some((off, e)) = read::extent_at_or_before(r, ino, offset)?
+            && off.saturating_add(e.len) > offset
+        {
+            out.push(to_extent(off, &e));
+        }
+        if let Some(next) = offset.checked_add(1) {
+            let room = EXTENTS_MAX_PER_QUERY.saturating_sub(out.len());
+            let rest = read::extents_from(r, ino, next, room)?;
+            out.extend(
+                rest.iter()
+                    .take_while(|(off, _)| *off < end)
+                    .map(|(off, e)| to_extent(*off, e)),
+            );
+        }
+    }
+    Ok(MetaReply::Extents {
+        attr: rec.attr(ino),
+        extents: out,
+    })
+}
+
+fn to_extent(file_offset: u64, e: &crate::records::ExtentRec) -> Extent {
+    Extent {
+        file_offset,
+        len: e.len,
+        chunk: e.chunk,
+        chunk_offset: e.chunk_offset,
+    }
+}
+
+fn get_xattr(r: &impl KvRead, ino: Ino, name: &[u8]) -> OpResult<MetaReply> {
+    validate::xattr_name(name)?;
+    read::require_inode(r, ino)?;
+    let value = r.get(&keys::xattr(ino, name))?.ok_or_else(|| {
+        refuse(
+            ErrorCode::NoAttr,
+            format!("no xattr {:?}", String::from_utf8_lossy(name)),
+        )
+    })?;
+    Ok(MetaReply::Xattr(value))
+}
+
+fn list_xattr(r: &impl KvRead, ino: Ino) -> OpResult<MetaReply> {
+    read::require_inode(r, ino)?;
+    let mut names = Vec::new();
+    let mut total_bytes = 0usize;
+    for (k, _) in read::scan_all(r, &keys::xattr_prefix(ino))? {
+        let name = keys::name_after_ino(&k)?.to_vec();
+        total_bytes = total_bytes.saturating_add(name.len().saturating_add(1));
+        names.push(name);
+    }
+    if total_bytes > XATTR_LIST_MAX_BYTES {
+        return Err(refuse(
+            ErrorCode::Range,
+            format!(
+                "xattr names of inode {ino} take {total_bytes} bytes, over {XATTR_LIST_MAX_BYTES}"
+            ),
+        ));
+    }
+    Ok(MetaReply::XattrNames(names))
+}
+
+fn fs_stats(r: &impl KvRead) -> OpResult<MetaReply> {
+    let files = read::counter(r, keys::INODE_COUNT)?;
+    Ok(MetaReply::FsStats(FsStats {
+        total_bytes: 0,
+        free_bytes: 0,
+        files,
+        files_free: INODES_MAX.saturating_sub(files),
+    }))
+}
+
+/// Entry point of [`crate::garbage`].
+pub(crate) fn garbage(
+    r: &impl KvRead,
+    after: Option<&ChunkId>,
+    limit: usize,
+) -> Result<Vec<(ChunkId, Timestamp)>, StoreError> {
+    let after = after.map(keys::garbage);
+    r.scan(&[keys::GARBAGE], after.as_deref(), limit)?
+        .iter()
+        .map(|(k, v)| Ok((keys::chunk_of(k)?, decode(k, v)?)))
+        .collect()
+}
+
+/// Entry point of [`crate::referenced_chunks`].
+pub(crate) fn referenced_chunks(
+    r: &impl KvRead,
+    after: Option<&ChunkId>,
+    limit: usize,
+) -> Result<Vec<(ChunkId, u64)>, StoreError> {
+    let after = after.map(keys::chunk_ref);
+    r.scan(&[keys::CHUNK_REF], after.as_deref(), limit)?
+        .iter()
+        .map(|(k, v)| Ok((keys::chunk_of(k)?, decode(k, v)?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+//! The client side: one QUIC endpoint, one cached connection per peer address, one stream
+//! per request.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use plait_proto::{Envelope, FRAME_MAX_BYTES, Request, Response};
+use quinn::{
+    ClientConfig, Connection, ConnectionError, Endpoint, ReadError, ReadToEndError, WriteError,
+};
+
+use crate::{NetError, SERVER_NAME, TlsIdentity, tls};
+
+/// Idle timeout of client connections, in milliseconds (the effective value is the smaller
+/// of this and the server's); keep-alives make only a dead peer go idle.
+const CLIENT_IDLE_TIMEOUT_MS: u64 = 10_000;
+
+/// One address's cached connection. The async mutex is held while connecting, so that
+/// concurrent first calls to an address share one connection instead of racing.
+type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+
+/// Sends requests to nodes. Cheap to clone: clones share the endpoint and the connections.
+#[derive(Clone)]
+pub struct RpcClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    /// Per-address slots. This std mutex is only held to look up or insert a slot, never
+    /// across an await.
+    conns: Mutex<HashMap<SocketAddr, Slot>>,
+}
+
+/// Why one request/response exchange failed: the connection (worth reconnecting) or the
+/// stream/frame (not).
+enum ExchangeError {
+    Connection(ConnectionError),
+    Other(NetError),
+}
+
+impl RpcClient {
+    /// A client presenting `identity`'s certificate and trusting only its CA. Must be called
+    /// inside a tokio runtime.
+    pub fn new(identity: &TlsIdentity) -> Result<Self, NetError> {
+        let crypto = tls::client_crypto(identity)?;
+        let mut config = ClientConfig::new(Arc::new(crypto));
+        // We never accept streams from servers.
+        config.transport_config(Arc::new(tls::transport(CLIENT_IDLE_TIMEOUT_MS, 0)?));
+        // Dual-stack if the host has IPv6, else IPv4 only.
+        let mut endpoint = match Endpoint::client(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))) {
+            Ok(e) => e,
+            Err(e6) => {
+                tracing::debug!(error = %e6, "no IPv6 client socket; using IPv4");
+                Endpoint::client(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?
+            }
+        };
+        endpoint.set_default_client_config(config);
+        Ok(RpcClient {
+            inner: Arc::new(Inner {
+                endpoint,
+                conns: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Sends `req` on a new stream of the cached connection to `addr` (connecting if
+    /// needed) and returns the decoded response; an error response is `Ok(Response::Error)`.
+    /// If a cached connection turns out to be dead it is dropped and the call retried once on
+    /// a new connection. The whole call is bounded by `timeout`.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, NetError> {
+        let frame = plait_proto::encode(&Envelope::new(req))?;
+        let bytes = self.call_raw(addr, &frame, timeout).await?;
+        Ok(plait_proto::decode(&bytes)?)
+    }
+
+    /// Like [`call`](RpcClient::call) but sends `frame` as the request bytes as-is and
+    /// returns the raw response bytes (for tests that throw malformed frames at a node).
+    pub async fn call_raw(
+        &self,
+        addr: SocketAddr,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, NetError> {
+        tokio::time::timeout(timeout, self.call_inner(addr, frame))
+            .await
+            .map_err(|_| NetError::Timeout)?
+    }
+
+    async fn call_inner(&self, addr: SocketAddr, frame: &[u8]) -> Result<Vec<u8>, NetError> {
+        let slot = self.slot(addr);
+        let (conn, reused) = self.connection(addr, &slot).await?;
+        match exchange(&conn, frame).await {
+            Ok(bytes) => Ok(bytes),
+            Err(ExchangeError::Other(e)) => Err(e),
+            Err(ExchangeError::Connection(e)) => {
+                forget(&slot, &conn).await;
+                if !reused {
+                    return Err(connection_error(e));
+                }
+                tracing::debug!(%addr, error = %e, "cached connection failed; reconnecting once");
+                let (conn, _) = self.connection(addr, &slot).await?;
+                match exchange(&conn, frame).await {
+                    Ok(bytes) => Ok(bytes),
+                    Err(ExchangeError::Other(e)) => Err(e),
+                    Err(ExchangeError::Connection(e)) => {
+                        forget(&slot, &conn).await;
+                        Err(connection_error(e))
+                    }
+                }
+            }
+        }
+    }
+
+    fn slot(&self, addr: SocketAddr) -> Slot {
+        let mut conns = self
+            .inner
+            .conns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        conns.entry(addr).or_default().clone()
+    }
+
+    /// The live cached connection to `addr`, or a new one; `true` if it was cached.
+    async fn connection(
+        &self,
+        addr: SocketAddr,
+        slot: &Slot,
+    ) -> Result<(Connection, bool), NetError> {
+        let mut cached = slot.lock().await;
+        if let Some(conn) = cached.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok((conn.clone(), true));
+            }
+            *cached = None;
+        }
+        let connecting = self
+            .inner
+            .endpoint
+            .connect(addr, SERVER_NAME)
+            .map_err(|e| NetError::Connect(e.to_string()))?;
+        let conn = connecting.await.map_err(|e| {
+            tracing::debug!(%addr, error = %e, "connect failed");
+            connection_error(e)
+        })?;
+        tracing::debug!(%addr, "connected");
+        *cached = Some(conn.clone());
+        Ok((conn, false))
+    }
+}
+
+/// Drops `conn` from its slot unless the slot already holds another connection.
+async fn forget(slot: &Slot, conn: &Connection) {
+    let mut cached = slot.lock().await;
+    if cached.as_ref().map(Connection::stable_id) == Some(conn.stable_id()) {
+        *cached = None;
+    }
+}
+
+/// One request/response on a new bidirectional stream.
+async fn exchange(conn: &Connection, frame: &[u8]) -> Result<Vec<u8>, ExchangeError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(ExchangeError::Connection)?;
+    match send.write_all(frame).await {
+        Ok(()) => {
+            // Only fails if the stream was already finished or reset: harmless.
+            let _ = send.finish();
+        }
+        // The server stopped reading (an oversized frame): it may still have answered.
+        Err(WriteError::Stopped(code)) => {
+            tracing::debug!(%code, "server stopped reading the request");
+        }
+        Err(WriteError::ConnectionLost(e)) => return Err(ExchangeError::Connection(e)),
+        Err(e) => return Err(ExchangeError::Other(NetError::Stream(e.to_string()))),
+    }
+    match recv.read_to_end(FRAME_MAX_BYTES).await {
+        Ok(bytes) => Ok(bytes),
+        Err(ReadToEndError::Read(ReadError::ConnectionLost(e))) => {
+            Err(ExchangeError::Connection(e))
+        }
+        Err(ReadToEndError::TooLong) => Err(ExchangeError::Other(NetError::Stream(format!(
+            "response exceeds {FRAME_MAX_BYTES} bytes"
+        )))),
+        Err(ReadToEndError::Read(e)) => Err(ExchangeError::Other(NetError::Stream(e.to_string()))),
+    }
+}
+
+fn connection_error(e: ConnectionError) -> NetError {
+    match e {
+        ConnectionError::TimedOut => NetError::Timeout,
+        ConnectionError::LocallyClosed
+        | ConnectionError::ApplicationClosed(_)
+        | ConnectionError::Reset => NetError::Closed,
+        other => NetError::Connect(other.to_string()),
+    }
+}

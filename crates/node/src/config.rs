@@ -1,0 +1,203 @@
+//! plaitd configuration: a TOML file (`--config`) in which every key may also be given as a
+//! flag; a flag wins over the file, the file over the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command-line flags; each mirrors a key of the TOML file.
+#[derive(Debug, Parser, Default)]
+#[command(name = "plaitd", version, about = "Plait storage node daemon")]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Raft id of this node (unique in the cluster, > 0).
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// UDP address to listen on for QUIC.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Address peers use to reach this node (default: `listen`).
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+    /// Directory for the database and snapshots.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Directory for chunks (default: `<data_dir>/chunks`).
+    #[arg(long)]
+    pub chunk_dir: Option<PathBuf>,
+    /// Cluster CA certificate (PEM).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the CA.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Initialize a new metadata group with this node as its only voter (first start only).
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// A chunk unreferenced for at least this long may be deleted by GC.
+    #[arg(long)]
+    pub gc_grace_ms: Option<u64>,
+    /// Pause between GC passes.
+    #[arg(long)]
+    pub gc_interval_ms: Option<u64>,
+    /// Raft heartbeat interval.
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    /// Lower bound of the Raft election timeout.
+    #[arg(long)]
+    pub election_min_ms: Option<u64>,
+    /// Upper bound of the Raft election timeout.
+    #[arg(long)]
+    pub election_max_ms: Option<u64>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// The TOML file: same keys as the flags.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    listen: Option<SocketAddr>,
+    advertise: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    chunk_dir: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    bootstrap: Option<bool>,
+    gc_grace_ms: Option<u64>,
+    gc_interval_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    election_min_ms: Option<u64>,
+    election_max_ms: Option<u64>,
+    log_json: Option<bool>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: u64,
+    pub listen: SocketAddr,
+    pub advertise: SocketAddr,
+    pub data_dir: PathBuf,
+    pub chunk_dir: PathBuf,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bootstrap: bool,
+    pub gc_grace_ms: u64,
+    pub gc_interval_ms: u64,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    pub log_json: bool,
+}
+
+fn required<T>(v: Option<T>, name: &str) -> Result<T> {
+    v.with_context(|| format!("missing setting `{name}` (flag --{} or key in --config)", name.replace('_', "-")))
+}
+
+impl Config {
+    /// Merges flags over the file named by `--config` (if any) over defaults, and checks it.
+    pub fn load(args: Args) -> Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let node_id = required(args.node_id.or(file.node_id), "node_id")?;
+        let listen = required(args.listen.or(file.listen), "listen")?;
+        let data_dir = required(args.data_dir.or(file.data_dir), "data_dir")?;
+        let chunk_dir = args
+            .chunk_dir
+            .or(file.chunk_dir)
+            .unwrap_or_else(|| data_dir.join("chunks"));
+        let cfg = Config {
+            node_id,
+            listen,
+            advertise: args.advertise.or(file.advertise).unwrap_or(listen),
+            chunk_dir,
+            ca: required(args.ca.or(file.ca), "ca")?,
+            cert: required(args.cert.or(file.cert), "cert")?,
+            key: required(args.key.or(file.key), "key")?,
+            bootstrap: args.bootstrap || file.bootstrap.unwrap_or(false),
+            gc_grace_ms: args.gc_grace_ms.or(file.gc_grace_ms).unwrap_or(120_000),
+            gc_interval_ms: args.gc_interval_ms.or(file.gc_interval_ms).unwrap_or(5_000),
+            heartbeat_ms: args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(250),
+            election_min_ms: args.election_min_ms.or(file.election_min_ms).unwrap_or(1_000),
+            election_max_ms: args.election_max_ms.or(file.election_max_ms).unwrap_or(2_000),
+            log_json: args.log_json || file.log_json.unwrap_or(false),
+            data_dir,
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.node_id == 0 {
+            bail!("node_id must be greater than 0");
+        }
+        if self.heartbeat_ms == 0 || self.heartbeat_ms * 2 > self.election_min_ms {
+            bail!("heartbeat_ms must be > 0 and at most half of election_min_ms");
+        }
+        if self.election_min_ms >= self.election_max_ms {
+            bail!("election_min_ms must be below election_max_ms");
+        }
+        if self.gc_interval_ms == 0 {
+            bail!("gc_interval_ms must be > 0");
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plaitd.toml");
+        std::fs::write(
+            &path,
+            "node_id = 3\nlisten = \"127.0.0.1:7000\"\ndata_dir = \"/d\"\nca = \"/ca\"\ncert = \"/c\"\nkey = \"/k\"\ngc_grace_ms = 5\n",
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(path),
+            gc_grace_ms: Some(9),
+            ..Args::default()
+        };
+        let cfg = Config::load(args).unwrap();
+        assert_eq!(cfg.node_id, 3);
+        assert_eq!(cfg.gc_grace_ms, 9);
+        assert_eq!(cfg.chunk_dir, PathBuf::from("/d/chunks"));
+        assert_eq!(cfg.advertise, cfg.listen);
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_settings_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plaitd.toml");
+        std::fs::write(&path, "nodeid = 3\n").unwrap();
+        let err = Config::load(Args { config: Some(path), ..Args::default() }).unwrap_err();
+        assert!(format!("{err:#}").contains("nodeid"));
+        let err = Config::load(Args::default()).unwrap_err();
+        assert!(err.to_string().contains("node_id"));
+    }
+}

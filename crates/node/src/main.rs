@@ -1,0 +1,119 @@
+//! plaitd: one Plait storage node. It serves the metadata group (Raft over RocksDB), the
+//! chunk store, and one QUIC endpoint with mutual TLS for every peer.
+
+mod config;
+mod gc;
+mod network;
+mod raft_types;
+mod service;
+mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use openraft::BasicNode;
+use plait_chunks::ChunkStore;
+use plait_net::{RpcClient, Server, ServerLimits, TlsIdentity};
+
+use crate::config::{Args, Config};
+use crate::service::Service;
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>> {
+    let rc = openraft::Config {
+        cluster_name: "plait".into(),
+        heartbeat_interval: cfg.heartbeat_ms,
+        election_timeout_min: cfg.election_min_ms,
+        election_timeout_max: cfg.election_max_ms,
+        // Keep AppendEntries frames well under plait_proto::FRAME_MAX_BYTES.
+        max_payload_entries: 64,
+        snapshot_max_chunk_size: 1024 * 1024,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(50_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Default::default()
+    };
+    Ok(Arc::new(rc.validate().context("raft config")?))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cfg = Config::load(Args::parse())?;
+    init_logging(cfg.log_json);
+    run(cfg).await
+}
+
+async fn run(cfg: Config) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let identity = TlsIdentity::load(&cfg.ca, &cfg.cert, &cfg.key).context("loading TLS identity")?;
+    let db = store::Db::open(&cfg.data_dir.join("db")).context("opening database")?;
+    let chunks = Arc::new(ChunkStore::open(&cfg.chunk_dir).context("opening chunk store")?);
+
+    let rpc = RpcClient::new(&identity).context("creating QUIC client")?;
+    let log_store = store::LogStore::new(db.clone());
+    let state_machine =
+        store::StateMachine::new(db.clone(), cfg.data_dir.join("snapshot.bin"));
+    let raft = openraft::Raft::new(
+        cfg.node_id,
+        raft_config(&cfg)?,
+        network::Network::new(rpc),
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("starting raft")?;
+
+    let server = Server::bind(cfg.listen, &identity, ServerLimits::default())
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let service = Arc::new(Service {
+        node_id: cfg.node_id,
+        addr: cfg.advertise.to_string(),
+        raft: raft.clone(),
+        db,
+        chunks,
+    });
+
+    if cfg.bootstrap && !raft.is_initialized().await? {
+        let mut members = BTreeMap::new();
+        members.insert(
+            cfg.node_id,
+            BasicNode {
+                addr: cfg.advertise.to_string(),
+            },
+        );
+        raft.initialize(members).await.context("bootstrapping metadata group")?;
+        tracing::info!(node_id = cfg.node_id, "bootstrapped a new metadata group");
+    }
+
+    tokio::spawn(gc::run(
+        service.clone(),
+        Duration::from_millis(cfg.gc_interval_ms),
+        Duration::from_millis(cfg.gc_grace_ms),
+    ));
+    tracing::info!(node_id = cfg.node_id, listen = %cfg.listen, "plaitd serving");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = server.run(service.clone()) => {}
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+    server.close();
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    Ok(())
+}

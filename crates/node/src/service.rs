@@ -1,0 +1,168 @@
+//! The RPC service: every request a peer may send to this node, answered from the
+//! metadata group (through Raft), the chunk store, or the Raft instance itself.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use plait_chunks::ChunkStore;
+use plait_meta::Command;
+use plait_proto::{
+    ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, NodeStatus, RaftRpc, Request, Response,
+    RpcError, Timestamp,
+};
+
+use crate::raft_types::Raft;
+use crate::store::Db;
+
+/// Shared state of the RPC service.
+pub struct Service {
+    /// This node's Raft id.
+    pub node_id: u64,
+    /// This node's advertised QUIC address.
+    pub addr: String,
+    /// The metadata group member running here.
+    pub raft: Raft,
+    /// The node's database (read side of the state machine).
+    pub db: Arc<Db>,
+    /// The node's chunks.
+    pub chunks: Arc<ChunkStore>,
+}
+
+fn now() -> Timestamp {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nsec: d.subsec_nanos(),
+        },
+        Err(_) => Timestamp::default(),
+    }
+}
+
+fn not_leader(f: &ForwardToLeader<u64, openraft::BasicNode>) -> RpcError {
+    let mut e = RpcError::new(ErrorCode::NotLeader, "not the metadata leader");
+    e.leader_hint = f.leader_node.as_ref().map(|n| n.addr.clone());
+    e
+}
+
+fn error(e: RpcError) -> Response {
+    Response::Error(e)
+}
+
+impl Service {
+    /// Proposes a change to the metadata group and waits until it is applied.
+    pub async fn propose(&self, op: MetaOp) -> Result<MetaReply, RpcError> {
+        let cmd = Command { now: now(), op };
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => resp.data,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(&f)),
+            Err(e) => Err(RpcError::new(ErrorCode::Unavailable, e.to_string())),
+        }
+    }
+
+    /// Answers a read after confirming leadership, so it sees every committed change.
+    pub async fn query(&self, q: MetaQuery) -> Result<MetaReply, RpcError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => {}
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                return Err(not_leader(&f));
+            }
+            Err(e) => return Err(RpcError::new(ErrorCode::Unavailable, e.to_string())),
+        }
+        self.query_local(q)
+    }
+
+    /// Answers a read from this node's applied state, without a leadership check.
+    pub fn query_local(&self, q: MetaQuery) -> Result<MetaReply, RpcError> {
+        let io = |e: &dyn std::fmt::Display| RpcError::new(ErrorCode::Io, e.to_string());
+        let view = self.db.view().map_err(|e| io(&e))?;
+        let reply = plait_meta::query(&view, &q).map_err(|e| io(&e))??;
+        match reply {
+            MetaReply::FsStats(mut stats) => {
+                let (total, free) = self.chunks.disk_space().map_err(|e| io(&e))?;
+                stats.total_bytes = total;
+                stats.free_bytes = free;
+                Ok(MetaReply::FsStats(stats))
+            }
+            other => Ok(other),
+        }
+    }
+
+    async fn chunk_put(&self, id: ChunkId, data: Vec<u8>) -> Response {
+        let chunks = self.chunks.clone();
+        match tokio::task::spawn_blocking(move || chunks.put(&id, &data)).await {
+            Ok(Ok(())) => Response::ChunkStored,
+            Ok(Err(e)) => {
+                tracing::warn!(chunk = %id, error = %e, "chunk put failed");
+                error(RpcError::new(e.code(), e.to_string()))
+            }
+            Err(e) => error(RpcError::new(ErrorCode::Io, e.to_string())),
+        }
+    }
+
+    async fn chunk_get(&self, id: ChunkId) -> Response {
+        let chunks = self.chunks.clone();
+        match tokio::task::spawn_blocking(move || chunks.get(&id)).await {
+            Ok(Ok(data)) => Response::Chunk(data),
+            Ok(Err(e)) => error(RpcError::new(e.code(), e.to_string())),
+            Err(e) => error(RpcError::new(ErrorCode::Io, e.to_string())),
+        }
+    }
+
+    async fn raft_rpc(&self, rpc: RaftRpc) -> Response {
+        let bad = |e: plait_proto::CodecError| error(RpcError::new(ErrorCode::Protocol, e.to_string()));
+        let encoded = match rpc {
+            RaftRpc::Append(b) => match plait_proto::decode(&b) {
+                Ok(req) => plait_proto::encode(&self.raft.append_entries(req).await),
+                Err(e) => return bad(e),
+            },
+            RaftRpc::Vote(b) => match plait_proto::decode(&b) {
+                Ok(req) => plait_proto::encode(&self.raft.vote(req).await),
+                Err(e) => return bad(e),
+            },
+            RaftRpc::Snapshot(b) => match plait_proto::decode(&b) {
+                Ok(req) => plait_proto::encode(&self.raft.install_snapshot(req).await),
+                Err(e) => return bad(e),
+            },
+        };
+        match encoded {
+            Ok(bytes) => Response::Raft(bytes),
+            Err(e) => error(RpcError::new(ErrorCode::Io, e.to_string())),
+        }
+    }
+
+    fn status(&self) -> Response {
+        let metrics = self.raft.metrics().borrow().clone();
+        let (disk_total_bytes, disk_free_bytes) = self.chunks.disk_space().unwrap_or((0, 0));
+        let chunk_count = self.chunks.usage().map(|(n, _)| n).unwrap_or(0);
+        Response::NodeStatus(NodeStatus {
+            node_id: self.node_id,
+            addr: self.addr.clone(),
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_applied: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            disk_total_bytes,
+            disk_free_bytes,
+            chunk_count,
+        })
+    }
+}
+
+impl plait_net::Handler for Service {
+    async fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Meta(op) => match self.propose(op).await {
+                Ok(r) => Response::Meta(r),
+                Err(e) => error(e),
+            },
+            Request::Query(q) => match self.query(q).await {
+                Ok(r) => Response::Meta(r),
+                Err(e) => error(e),
+            },
+            Request::ChunkPut { id, data } => self.chunk_put(id, data).await,
+            Request::ChunkGet { id } => self.chunk_get(id).await,
+            Request::Raft(rpc) => self.raft_rpc(rpc).await,
+            Request::NodeStatus => self.status(),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The state machine's read interface over RocksDB.
+
+use plait_meta::{KvRead, StoreError as MetaStoreError};
+use rocksdb::{ReadOptions, SnapshotWithThreadMode, DB};
+
+use super::{CF_STATE, Db, StoreError};
+
+/// A read view of the `state` column family: either live (used while applying, which is
+/// serialized) or pinned to a RocksDB snapshot (used by concurrent queries).
+pub struct DbView<'a> {
+    db: &'a DB,
+    cf: &'a rocksdb::ColumnFamily,
+    snapshot: Option<SnapshotWithThreadMode<'a, DB>>,
+}
+
+impl<'a> DbView<'a> {
+    /// A view of the current state, seeing every write as it lands.
+    pub(crate) fn live(db: &'a Db) -> Result<Self, StoreError> {
+        Ok(Self {
+            db: db.raw(),
+            cf: db.cf(CF_STATE)?,
+            snapshot: None,
+        })
+    }
+
+    /// A view pinned to the state as of now.
+    pub(crate) fn snapshot(db: &'a Db) -> Result<Self, StoreError> {
+        Ok(Self {
+            db: db.raw(),
+            cf: db.cf(CF_STATE)?,
+            snapshot: Some(db.raw().snapshot()),
+        })
+    }
+
+    fn read_opts(&self) -> ReadOptions {
+        let mut ro = ReadOptions::default();
+        if let Some(s) = &self.snapshot {
+            ro.set_snapshot(s);
+        }
+        ro
+    }
+}
+
+fn io(e: rocksdb::Error) -> MetaStoreError {
+    MetaStoreError::Io(e.to_string())
+}
+
+impl KvRead for DbView<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaStoreError> {
+        self.db
+            .get_cf_opt(self.cf, key, &self.read_opts())
+            .map_err(io)
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MetaStoreError> {
+        let mut it = self.db.raw_iterator_cf_opt(self.cf, self.read_opts());
+        match after {
+            Some(a) => {
+                it.seek(a);
+                if it.valid() && it.key() == Some(a) {
+                    it.next();
+                }
+            }
+            None => it.seek(prefix),
+        }
+        let mut out = Vec::new();
+        while it.valid() && out.len() < limit {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status().map_err(io)?;
+        Ok(out)
+    }
+
+    fn seek_prev(
+        &self,
+        prefix: &[u8],
+        key: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, MetaStoreError> {
+        let mut it = self.db.raw_iterator_cf_opt(self.cf, self.read_opts());
+        it.seek_for_prev(key);
+        it.status().map_err(io)?;
+        if !it.valid() {
+            return Ok(None);
+        }
+        match (it.key(), it.value()) {
+            (Some(k), Some(v)) if k.starts_with(prefix) => Ok(Some((k.to_vec(), v.to_vec()))),
+            _ => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Durable state of a node in one RocksDB database, in four column families:
+//! `log` (Raft log entries by index), `raft` (vote, committed, last purged),
+//! `state` (the metadata state machine's keys) and `sm` (last applied log id and
+//! membership, written in the same batch as the state they describe).
+
+mod kv;
+mod log_store;
+mod state_machine;
+
+pub use kv::DbView;
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Options};
+
+pub(crate) const CF_LOG: &str = "log";
+pub(crate) const CF_RAFT: &str = "raft";
+pub(crate) const CF_STATE: &str = "state";
+pub(crate) const CF_SM: &str = "sm";
+
+/// Errors opening or using the node's database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB failed.
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// A column family is missing (the database was not created by plaitd).
+    #[error("column family {0} missing")]
+    MissingCf(&'static str),
+    /// A stored value could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// The node's database, shared by the log store, the state machine and readers.
+pub struct Db {
+    db: DB,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Bound memory: small write buffers, a few background jobs on our 2 cores.
+        opts.set_write_buffer_size(32 * 1024 * 1024);
+        opts.set_max_background_jobs(2);
+        let cfs = [CF_LOG, CF_RAFT, CF_STATE, CF_SM]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        for name in [CF_LOG, CF_RAFT, CF_STATE, CF_SM] {
+            if db.cf_handle(name).is_none() {
+                return Err(StoreError::MissingCf(name));
+            }
+        }
+        Ok(Arc::new(Self { db }))
+    }
+
+    pub(crate) fn raw(&self) -> &DB {
+        &self.db
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(name).ok_or(StoreError::MissingCf(name))
+    }
+
+    /// A consistent read view of the metadata state (a RocksDB snapshot).
+    pub fn view(&self) -> Result<DbView<'_>, StoreError> {
+        DbView::snapshot(self)
+    }
+}
+
+/// Encodes a record stored on disk.
+pub(crate) fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    plait_proto::encode(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Decodes a record read from disk; corruption is an error, never a panic.
+pub(crate) fn dec<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    plait_proto::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}

@@ -1,0 +1,259 @@
+//! The Raft state machine: applies committed commands through the pure `plait_meta::apply`
+//! and writes the resulting mutations, with the applied log id, in one atomic batch.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
+};
+use plait_meta::Mutation;
+use plait_proto::MetaReply;
+use rocksdb::{IteratorMode, ReadOptions, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+use super::{CF_SM, CF_STATE, Db, DbView, StoreError, dec, enc};
+use crate::raft_types::{ApplyResult, TypeConfig};
+
+type SResult<T> = Result<T, StorageError<u64>>;
+type Membership = StoredMembership<u64, BasicNode>;
+
+const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+/// Largest snapshot we accept from disk or a peer, in bytes.
+const SNAPSHOT_MAX_BYTES: usize = 8 * 1024 * 1024 * 1024;
+
+/// A full copy of the state machine, as shipped to a lagging follower.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<u64, BasicNode>,
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn snapshot_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<SNAPSHOT_MAX_BYTES>()
+}
+
+/// The state machine; clones share the database and the current snapshot.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Db>,
+    snapshot_path: PathBuf,
+    current: Arc<Mutex<Option<Arc<Vec<u8>>>>>,
+}
+
+impl StateMachine {
+    /// A state machine over `db`, keeping its latest snapshot at `snapshot_path`.
+    pub fn new(db: Arc<Db>, snapshot_path: PathBuf) -> Self {
+        Self {
+            db,
+            snapshot_path,
+            current: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn read_sm<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        let cf = self.db.cf(CF_SM)?;
+        match self.db.raw().get_cf(cf, key)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(dec(&b)?)),
+        }
+    }
+
+    fn apply_one(&self, entry: Entry<TypeConfig>) -> Result<ApplyResult, StoreError> {
+        let state_cf = self.db.cf(CF_STATE)?;
+        let sm_cf = self.db.cf(CF_SM)?;
+        let mut batch = WriteBatch::default();
+        let log_id = entry.log_id;
+        let reply = match entry.payload {
+            EntryPayload::Blank => Ok(MetaReply::Empty),
+            EntryPayload::Normal(cmd) => {
+                let view = DbView::live(&self.db)?;
+                let (mutations, reply) =
+                    plait_meta::apply(&view, &cmd).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                for m in mutations {
+                    match m {
+                        Mutation::Put(k, v) => batch.put_cf(state_cf, k, v),
+                        Mutation::Delete(k) => batch.delete_cf(state_cf, k),
+                    }
+                }
+                reply
+            }
+            EntryPayload::Membership(m) => {
+                let stored = Membership::new(Some(log_id), m);
+                batch.put_cf(sm_cf, KEY_MEMBERSHIP, enc(&stored)?);
+                Ok(MetaReply::Empty)
+            }
+        };
+        batch.put_cf(sm_cf, KEY_LAST_APPLIED, enc(&Some(log_id))?);
+        // Not fsynced: the log is, and a lost tail of applies is replayed from it.
+        self.db.raw().write(batch)?;
+        Ok(reply)
+    }
+
+    fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let raw = self.db.raw();
+        let snap = raw.snapshot();
+        let read = |cf, key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+            let mut ro = ReadOptions::default();
+            ro.set_snapshot(&snap);
+            Ok(raw.get_cf_opt(cf, key, &ro)?)
+        };
+        let sm_cf = self.db.cf(CF_SM)?;
+        let last_applied: Option<LogId<u64>> = match read(sm_cf, KEY_LAST_APPLIED)? {
+            Some(b) => dec(&b)?,
+            None => None,
+        };
+        let membership: Membership = match read(sm_cf, KEY_MEMBERSHIP)? {
+            Some(b) => dec(&b)?,
+            None => Membership::default(),
+        };
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        let mut pairs = Vec::new();
+        for item in raw.iterator_cf_opt(self.db.cf(CF_STATE)?, ro, IteratorMode::Start) {
+            let (k, v) = item?;
+            pairs.push((k.to_vec(), v.to_vec()));
+        }
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, pairs.len()),
+            None => format!("0-0-{}", pairs.len()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let file = SnapshotFile { meta: meta.clone(), pairs };
+        let bytes = bincode::serde::encode_to_vec(&file, snapshot_config())
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.save_current(bytes.clone())?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+
+    fn save_current(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let tmp = self.snapshot_path.with_extension("tmp");
+        let io = |e: std::io::Error| StoreError::Corrupt(format!("snapshot file: {e}"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.snapshot_path).map_err(io)?;
+        if let Ok(mut cur) = self.current.lock() {
+            *cur = Some(Arc::new(bytes));
+        }
+        Ok(())
+    }
+
+    fn install(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        let (file, _): (SnapshotFile, usize) =
+            bincode::serde::decode_from_slice(bytes, snapshot_config())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let state_cf = self.db.cf(CF_STATE)?;
+        let sm_cf = self.db.cf(CF_SM)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(state_cf, [0u8].as_slice(), [0xFFu8; 16].as_slice());
+        for (k, v) in &file.pairs {
+            batch.put_cf(state_cf, k, v);
+        }
+        batch.put_cf(sm_cf, KEY_LAST_APPLIED, enc(&file.meta.last_log_id)?);
+        batch.put_cf(sm_cf, KEY_MEMBERSHIP, enc(&file.meta.last_membership)?);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.raw().write_opt(batch, &wo)?;
+        self.save_current(bytes.to_vec())
+    }
+
+    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        let cached = self.current.lock().ok().and_then(|c| c.clone());
+        let bytes = match cached {
+            Some(b) => b.as_ref().clone(),
+            None => match std::fs::read(&self.snapshot_path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(StoreError::Corrupt(format!("snapshot file: {e}"))),
+            },
+        };
+        let (file, _): (SnapshotFile, usize) =
+            bincode::serde::decode_from_slice(&bytes, snapshot_config())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some(Snapshot {
+            meta: file.meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
+
+fn sm_err(e: StoreError) -> StorageError<u64> {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig>> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.build())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?
+            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> SResult<(Option<LogId<u64>>, Membership)> {
+        let last: Option<Option<LogId<u64>>> = self
+            .read_sm(KEY_LAST_APPLIED)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let membership: Option<Membership> = self
+            .read_sm(KEY_MEMBERSHIP)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        Ok((last.flatten(), membership.unwrap_or_default()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> SResult<Vec<ApplyResult>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        for entry in entries {
+            replies.push(self.apply_one(entry).map_err(sm_err)?);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> SResult<()> {
+        let this = self.clone();
+        let bytes = snapshot.into_inner();
+        tokio::task::spawn_blocking(move || this.install(&bytes))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?
+            .map_err(sm_err)
+    }
+
+    async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {
+        self.current_snapshot()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}

@@ -1,0 +1,106 @@
+//! Plait's wire protocol: every message that crosses a QUIC stream, the error codes
+//! that travel with failed requests, and the frame codec that bounds what a peer may send.
+//!
+//! Everything here is plain data (serde types) so that every other crate agrees on one
+//! vocabulary. The codec never panics on hostile bytes: it returns [`CodecError`].
+
+pub mod codec;
+pub mod error;
+pub mod meta;
+pub mod types;
+
+pub use codec::{CodecError, decode, encode};
+pub use error::{ErrorCode, RpcError};
+pub use meta::{MetaOp, MetaQuery, MetaReply};
+pub use types::*;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the wire protocol; a peer that speaks another version is refused with
+/// [`ErrorCode::Protocol`] before its request is looked at.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest chunk, in bytes. Files are cut into chunks of at most this size.
+pub const CHUNK_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest encoded frame a peer accepts, in bytes: one full chunk plus room for headers.
+pub const FRAME_MAX_BYTES: usize = CHUNK_MAX_BYTES + 64 * 1024;
+
+/// Longest file name component, in bytes (as on Linux).
+pub const NAME_MAX_BYTES: usize = 255;
+
+/// Longest symlink target, in bytes (PATH_MAX on Linux).
+pub const SYMLINK_MAX_BYTES: usize = 4096;
+
+/// Largest extended attribute value, in bytes (XATTR_SIZE_MAX on Linux).
+pub const XATTR_VALUE_MAX_BYTES: usize = 64 * 1024;
+
+/// Largest extended attribute name, in bytes (XATTR_NAME_MAX on Linux).
+pub const XATTR_NAME_MAX_BYTES: usize = 255;
+
+/// Largest file size, in bytes (the kernel's limit for FUSE is 2^63 - 1).
+pub const FILE_MAX_BYTES: u64 = i64::MAX as u64;
+
+/// One request frame: the protocol version and the request itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// The message.
+    pub body: T,
+}
+
+impl<T> Envelope<T> {
+    /// Wraps `body` with the current protocol version.
+    pub fn new(body: T) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            body,
+        }
+    }
+}
+
+/// Everything a peer can ask a node. One request per QUIC bidirectional stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// A namespace or attribute change: proposed to the metadata group.
+    Meta(MetaOp),
+    /// A read of metadata: served linearizably by the metadata leader.
+    Query(MetaQuery),
+    /// Store a chunk; the node checks that `data` hashes to `id`.
+    ChunkPut { id: ChunkId, data: Vec<u8> },
+    /// Read a whole chunk; the node verifies its hash before answering.
+    ChunkGet { id: ChunkId },
+    /// Raft traffic between voters; the payload is an openraft message encoded by the node.
+    Raft(RaftRpc),
+    /// Node facts for `plait status`, the playground and health checks.
+    NodeStatus,
+}
+
+/// Raft messages between voters, opaque to everyone but the node crate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RaftRpc {
+    /// AppendEntries request.
+    Append(Vec<u8>),
+    /// RequestVote request.
+    Vote(Vec<u8>),
+    /// InstallSnapshot request.
+    Snapshot(Vec<u8>),
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    /// Success of a `Meta` or `Query` request.
+    Meta(MetaReply),
+    /// A chunk was stored durably (written, fsynced, renamed).
+    ChunkStored,
+    /// The bytes of a chunk, already verified against its id by the node.
+    Chunk(Vec<u8>),
+    /// Raft answer, opaque like [`RaftRpc`].
+    Raft(Vec<u8>),
+    /// Answer to [`Request::NodeStatus`].
+    NodeStatus(NodeStatus),
+    /// The request failed.
+    Error(RpcError),
+}

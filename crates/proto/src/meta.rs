@@ -1,0 +1,288 @@
+//! Metadata requests: changes ([`MetaOp`], committed through Raft) and reads
+//! ([`MetaQuery`], served linearizably by the leader), and their reply ([`MetaReply`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Attr, DirEntry, Extent, FsStats, Ino, Timestamp, VolumeInfo};
+
+/// What kind of object to create, with what only that kind needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NewKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link to `target`.
+    Symlink {
+        /// Link contents, at most [`crate::SYMLINK_MAX_BYTES`].
+        target: Vec<u8>,
+    },
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+    /// Character device.
+    CharDev {
+        /// Device number.
+        rdev: u32,
+    },
+    /// Block device.
+    BlockDev {
+        /// Device number.
+        rdev: u32,
+    },
+}
+
+/// A time to set: the node's clock at commit, or an explicit value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeSet {
+    /// The commit time chosen by the metadata leader.
+    Now,
+    /// This exact time.
+    At(Timestamp),
+}
+
+/// Attribute changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    /// New permission bits (mode & 0o7777).
+    pub perm: Option<u16>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size: shrinking drops data past it, growing leaves a hole.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<TimeSet>,
+    /// New modification time.
+    pub mtime: Option<TimeSet>,
+}
+
+/// How a rename treats an existing target (renameat2 flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenameMode {
+    /// Replace the target if it exists (plain rename).
+    Replace,
+    /// Fail with EEXIST if the target exists (RENAME_NOREPLACE).
+    NoReplace,
+    /// Swap source and target atomically; both must exist (RENAME_EXCHANGE).
+    Exchange,
+}
+
+/// How setxattr treats an existing attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum XattrMode {
+    /// Create or replace.
+    Upsert,
+    /// Fail with EEXIST if it exists (XATTR_CREATE).
+    Create,
+    /// Fail with ENODATA if it does not exist (XATTR_REPLACE).
+    Replace,
+}
+
+/// A metadata change, proposed to the metadata group and applied by the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaOp {
+    /// Create a volume with an empty root directory.
+    CreateVolume {
+        /// Volume name: 1..=64 bytes of `[A-Za-z0-9._-]`.
+        name: String,
+        /// Copies of each chunk.
+        replicas: u32,
+        /// Acknowledgements required to commit a write.
+        write_quorum: u32,
+    },
+    /// Create a name in a directory.
+    Create {
+        /// Directory to create in.
+        parent: Ino,
+        /// New name.
+        name: Vec<u8>,
+        /// What to create.
+        kind: NewKind,
+        /// Permission bits, already masked by the caller's umask.
+        perm: u16,
+        /// Owner.
+        uid: u32,
+        /// Group (replaced by the parent's group when the parent is setgid).
+        gid: u32,
+    },
+    /// Remove a non-directory name. An inode left with no links becomes an orphan that
+    /// stays readable until [`MetaOp::Reap`] (the mount reaps it when no handle is open).
+    Unlink {
+        /// Directory.
+        parent: Ino,
+        /// Name to remove.
+        name: Vec<u8>,
+    },
+    /// Remove an empty directory.
+    Rmdir {
+        /// Directory.
+        parent: Ino,
+        /// Name to remove.
+        name: Vec<u8>,
+    },
+    /// Rename, with renameat2 semantics.
+    Rename {
+        /// Source directory.
+        parent: Ino,
+        /// Source name.
+        name: Vec<u8>,
+        /// Target directory.
+        new_parent: Ino,
+        /// Target name.
+        new_name: Vec<u8>,
+        /// How an existing target is treated.
+        mode: RenameMode,
+    },
+    /// Add a hard link to a non-directory.
+    Link {
+        /// Existing inode.
+        ino: Ino,
+        /// Directory for the new name.
+        new_parent: Ino,
+        /// New name.
+        new_name: Vec<u8>,
+    },
+    /// Change attributes.
+    SetAttr {
+        /// Inode.
+        ino: Ino,
+        /// Changes.
+        set: SetAttr,
+    },
+    /// Commit written data: each extent replaces what was at its range; the size grows to
+    /// cover the last extent. mtime and ctime become the commit time.
+    Write {
+        /// File.
+        ino: Ino,
+        /// New extents, non-overlapping, each at most one chunk long.
+        extents: Vec<Extent>,
+    },
+    /// Set an extended attribute.
+    SetXattr {
+        /// Inode.
+        ino: Ino,
+        /// Attribute name.
+        name: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+        /// Create/replace semantics.
+        mode: XattrMode,
+    },
+    /// Remove an extended attribute.
+    RemoveXattr {
+        /// Inode.
+        ino: Ino,
+        /// Attribute name.
+        name: Vec<u8>,
+    },
+    /// Delete an orphan (an inode with no links left) and release its chunks.
+    Reap {
+        /// The orphan.
+        ino: Ino,
+    },
+}
+
+/// A metadata read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaQuery {
+    /// A volume by name.
+    Volume {
+        /// Name.
+        name: String,
+    },
+    /// All volumes.
+    ListVolumes,
+    /// Resolve a name in a directory.
+    Lookup {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Vec<u8>,
+    },
+    /// Attributes of an inode.
+    GetAttr {
+        /// Inode.
+        ino: Ino,
+    },
+    /// A page of a directory's entries in name order, after `after` (exclusive).
+    ReadDir {
+        /// Directory.
+        ino: Ino,
+        /// Continue after this name; `None` starts at the beginning.
+        after: Option<Vec<u8>>,
+        /// Most entries to return (the node caps it).
+        limit: u32,
+    },
+    /// Target of a symbolic link.
+    ReadLink {
+        /// Inode.
+        ino: Ino,
+    },
+    /// A file's attributes and the extents overlapping `[offset, offset + len)`.
+    Extents {
+        /// File.
+        ino: Ino,
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u64,
+    },
+    /// Value of an extended attribute.
+    GetXattr {
+        /// Inode.
+        ino: Ino,
+        /// Name.
+        name: Vec<u8>,
+    },
+    /// Names of all extended attributes.
+    ListXattr {
+        /// Inode.
+        ino: Ino,
+    },
+    /// Filesystem figures for statfs.
+    FsStats,
+}
+
+/// The successful result of a [`MetaOp`] or [`MetaQuery`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaReply {
+    /// Nothing to return.
+    Empty,
+    /// Attributes of the inode concerned.
+    Attr(Attr),
+    /// A name was removed or replaced; if that left an inode with no links, it is now an
+    /// orphan the caller must reap once it has no open handle.
+    Removed {
+        /// The orphaned inode, if any.
+        orphan: Option<Ino>,
+    },
+    /// One volume.
+    Volume(VolumeInfo),
+    /// All volumes.
+    Volumes(Vec<VolumeInfo>),
+    /// A page of directory entries and the directory's parent (for `..`).
+    Entries {
+        /// Parent directory of the listed directory (itself for a volume root).
+        parent: Ino,
+        /// Entries in name order.
+        entries: Vec<DirEntry>,
+    },
+    /// A symlink target.
+    Link(Vec<u8>),
+    /// A file's attributes and extents.
+    Extents {
+        /// Attributes.
+        attr: Attr,
+        /// Extents overlapping the requested range, in offset order.
+        extents: Vec<Extent>,
+    },
+    /// An extended attribute value.
+    Xattr(Vec<u8>),
+    /// Extended attribute names.
+    XattrNames(Vec<Vec<u8>>),
+    /// Filesystem figures.
+    FsStats(FsStats),
+}
