@@ -12,7 +12,8 @@ use crate::records::{DentryRec, ExtentRec, InodeRec, OrphanRec, VolumeRec, encod
 use crate::txn::Txn;
 use crate::validate;
 use crate::{
-    Command, DIR_DEPTH_MAX, Fail, KvRead, Mutation, NLINK_MAX, OpResult, StoreError, refuse,
+    Command, DIR_DEPTH_MAX, FORGET_GARBAGE_MAX, Fail, KvRead, Mutation, NLINK_MAX, OpResult,
+    StoreError, refuse,
 };
 
 /// The setgid bit: on a directory, new entries take its group and new subdirectories
@@ -90,6 +91,7 @@ impl<R: KvRead> Applier<'_, R> {
             } => self.set_xattr(*ino, name, value, *mode),
             MetaOp::RemoveXattr { ino, name } => self.remove_xattr(*ino, name),
             MetaOp::Reap { ino } => self.reap(*ino),
+            MetaOp::ForgetGarbage { chunks } => self.forget_garbage(chunks),
         }
     }
 
@@ -591,6 +593,25 @@ impl<R: KvRead> Applier<'_, R> {
         self.txn.delete(keys::orphan(ino));
         self.txn.delete(keys::inode(ino));
         self.count_inode(false)?;
+        Ok(MetaReply::Empty)
+    }
+
+    /// Removes the garbage entries of chunks whose files GC deleted.
+    fn forget_garbage(&mut self, chunks: &[ChunkId]) -> OpResult<MetaReply> {
+        if chunks.len() > FORGET_GARBAGE_MAX {
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{} chunks in one ForgetGarbage (max {FORGET_GARBAGE_MAX})",
+                    chunks.len()
+                ),
+            ));
+        }
+        for chunk in chunks {
+            if self.txn.get(&keys::garbage(chunk))?.is_some() {
+                self.txn.delete(keys::garbage(chunk));
+            }
+        }
         Ok(MetaReply::Empty)
     }
 

@@ -58,6 +58,9 @@ pub const EXTENTS_MAX_PER_QUERY: usize = 4096;
 /// Most extents accepted in one `Write` op.
 pub const WRITE_MAX_EXTENTS: usize = 1024;
 
+/// Most chunk ids one `ForgetGarbage` may name.
+pub const FORGET_GARBAGE_MAX: usize = 1024;
+
 /// Largest total size of the names returned by `ListXattr`, counting one NUL per name
 /// (XATTR_LIST_MAX on Linux); a longer list fails with ERANGE.
 pub const XATTR_LIST_MAX_BYTES: usize = 64 * 1024;

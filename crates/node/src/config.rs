@@ -104,7 +104,12 @@ pub struct Config {
 }
 
 fn required<T>(v: Option<T>, name: &str) -> Result<T> {
-    v.with_context(|| format!("missing setting `{name}` (flag --{} or key in --config)", name.replace('_', "-")))
+    v.with_context(|| {
+        format!(
+            "missing setting `{name}` (flag --{} or key in --config)",
+            name.replace('_', "-")
+        )
+    })
 }
 
 impl Config {
@@ -133,8 +138,14 @@ impl Config {
             gc_grace_ms: args.gc_grace_ms.or(file.gc_grace_ms).unwrap_or(120_000),
             gc_interval_ms: args.gc_interval_ms.or(file.gc_interval_ms).unwrap_or(5_000),
             heartbeat_ms: args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(250),
-            election_min_ms: args.election_min_ms.or(file.election_min_ms).unwrap_or(1_000),
-            election_max_ms: args.election_max_ms.or(file.election_max_ms).unwrap_or(2_000),
+            election_min_ms: args
+                .election_min_ms
+                .or(file.election_min_ms)
+                .unwrap_or(1_000),
+            election_max_ms: args
+                .election_max_ms
+                .or(file.election_max_ms)
+                .unwrap_or(2_000),
             log_json: args.log_json || file.log_json.unwrap_or(false),
             data_dir,
         };
@@ -195,7 +206,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("plaitd.toml");
         std::fs::write(&path, "nodeid = 3\n").unwrap();
-        let err = Config::load(Args { config: Some(path), ..Args::default() }).unwrap_err();
+        let err = Config::load(Args {
+            config: Some(path),
+            ..Args::default()
+        })
+        .unwrap_err();
         assert!(format!("{err:#}").contains("nodeid"));
         let err = Config::load(Args::default()).unwrap_err();
         assert!(err.to_string().contains("node_id"));

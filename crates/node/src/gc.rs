@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use plait_proto::MetaOp;
+
 use crate::service::Service;
 
 /// Chunks examined per pass, to bound the work of one pass.
@@ -37,6 +39,8 @@ async fn pass(service: &Arc<Service>, grace: Duration) -> anyhow::Result<()> {
             for id in ids {
                 match chunks.delete_if_older(&id, grace) {
                     Ok(true) => deleted.push(id),
+                    // Already absent here: nothing left to delete.
+                    Ok(false) if !chunks.contains(&id) => deleted.push(id),
                     Ok(false) => {}
                     Err(e) => tracing::warn!(chunk = %id, error = %e, "gc delete failed"),
                 }
@@ -46,6 +50,12 @@ async fn pass(service: &Arc<Service>, grace: Duration) -> anyhow::Result<()> {
         .await?;
         if !deleted.is_empty() {
             tracing::debug!(count = deleted.len(), "gc deleted chunks");
+            // Single-node for now: once this node's copy is gone the entry can go too.
+            // With replication, every placed replica must have deleted its copy first.
+            service
+                .propose(MetaOp::ForgetGarbage { chunks: deleted })
+                .await
+                .map_err(|e| anyhow::anyhow!("forgetting garbage: {e}"))?;
         }
         if batch.len() < GC_BATCH_MAX {
             return Ok(());

@@ -1,6 +1,10 @@
 //! plaitd: one Plait storage node. It serves the metadata group (Raft over RocksDB), the
 //! chunk store, and one QUIC endpoint with mutual TLS for every peer.
 
+// openraft's error types (StorageError, RPCError) are large by design; we return them as
+// its traits require.
+#![allow(clippy::result_large_err)]
+
 mod config;
 mod gc;
 mod network;
@@ -58,14 +62,14 @@ async fn main() -> Result<()> {
 async fn run(cfg: Config) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let identity = TlsIdentity::load(&cfg.ca, &cfg.cert, &cfg.key).context("loading TLS identity")?;
+    let identity =
+        TlsIdentity::load(&cfg.ca, &cfg.cert, &cfg.key).context("loading TLS identity")?;
     let db = store::Db::open(&cfg.data_dir.join("db")).context("opening database")?;
     let chunks = Arc::new(ChunkStore::open(&cfg.chunk_dir).context("opening chunk store")?);
 
     let rpc = RpcClient::new(&identity).context("creating QUIC client")?;
     let log_store = store::LogStore::new(db.clone());
-    let state_machine =
-        store::StateMachine::new(db.clone(), cfg.data_dir.join("snapshot.bin"));
+    let state_machine = store::StateMachine::new(db.clone(), cfg.data_dir.join("snapshot.bin"));
     let raft = openraft::Raft::new(
         cfg.node_id,
         raft_config(&cfg)?,
@@ -94,7 +98,9 @@ async fn run(cfg: Config) -> Result<()> {
                 addr: cfg.advertise.to_string(),
             },
         );
-        raft.initialize(members).await.context("bootstrapping metadata group")?;
+        raft.initialize(members)
+            .await
+            .context("bootstrapping metadata group")?;
         tracing::info!(node_id = cfg.node_id, "bootstrapped a new metadata group");
     }
 

@@ -3,13 +3,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use plait_net::RpcClient;
 use plait_proto::{RaftRpc, Request, Response};
 use serde::Serialize;
@@ -74,23 +74,29 @@ impl PeerClient {
                 plait_proto::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))
             }
             Response::Error(e) => Err(RPCError::Network(NetworkError::new(&e))),
-            other => Err(RPCError::Network(NetworkError::new(&std::io::Error::other(
-                format!("unexpected raft response {other:?}"),
-            )))),
+            other => Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(format!("unexpected raft response {other:?}")),
+            ))),
         }
     }
 }
 
+/// What a peer's Raft handler answered, or why the call failed.
+type RemoteResult<T, E> =
+    Result<Result<T, RaftError<u64, E>>, RPCError<u64, BasicNode, RaftError<u64, E>>>;
+
 fn flatten<T, E>(
     target: u64,
-    r: Result<Result<T, RaftError<u64, E>>, RPCError<u64, BasicNode, RaftError<u64, E>>>,
+    r: RemoteResult<T, E>,
 ) -> Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>
 where
     E: std::error::Error,
 {
     match r {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(RPCError::RemoteError(openraft::error::RemoteError::new(target, e))),
+        Ok(Err(e)) => Err(RPCError::RemoteError(openraft::error::RemoteError::new(
+            target, e,
+        ))),
         Err(e) => Err(e),
     }
 }
@@ -101,7 +107,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        flatten(self.target, self.send(RaftRpc::Append, &rpc, option.hard_ttl()).await)
+        flatten(
+            self.target,
+            self.send(RaftRpc::Append, &rpc, option.hard_ttl()).await,
+        )
     }
 
     async fn install_snapshot(
@@ -112,7 +121,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        flatten(self.target, self.send(RaftRpc::Snapshot, &rpc, option.hard_ttl()).await)
+        flatten(
+            self.target,
+            self.send(RaftRpc::Snapshot, &rpc, option.hard_ttl()).await,
+        )
     }
 
     async fn vote(
@@ -120,6 +132,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        flatten(self.target, self.send(RaftRpc::Vote, &rpc, option.hard_ttl()).await)
+        flatten(
+            self.target,
+            self.send(RaftRpc::Vote, &rpc, option.hard_ttl()).await,
+        )
     }
 }

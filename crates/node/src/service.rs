@@ -110,7 +110,8 @@ impl Service {
     }
 
     async fn raft_rpc(&self, rpc: RaftRpc) -> Response {
-        let bad = |e: plait_proto::CodecError| error(RpcError::new(ErrorCode::Protocol, e.to_string()));
+        let bad =
+            |e: plait_proto::CodecError| error(RpcError::new(ErrorCode::Protocol, e.to_string()));
         let encoded = match rpc {
             RaftRpc::Append(b) => match plait_proto::decode(&b) {
                 Ok(req) => plait_proto::encode(&self.raft.append_entries(req).await),

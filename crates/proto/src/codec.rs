@@ -79,7 +79,10 @@ mod tests {
         let bytes = encode(&req).unwrap();
         let back: Envelope<Request> = decode(&bytes).unwrap();
         assert_eq!(back.version, crate::PROTOCOL_VERSION);
-        assert!(matches!(back.body, Request::Query(MetaQuery::GetAttr { ino: 42 })));
+        assert!(matches!(
+            back.body,
+            Request::Query(MetaQuery::GetAttr { ino: 42 })
+        ));
     }
 
     #[test]

@@ -183,6 +183,12 @@ pub enum MetaOp {
         /// The orphan.
         ino: Ino,
     },
+    /// Drop garbage entries (`G`) whose chunk files the GC worker has deleted. A chunk
+    /// that was referenced again meanwhile has no entry any more and is left alone.
+    ForgetGarbage {
+        /// Chunk ids, at most 1024.
+        chunks: Vec<crate::ChunkId>,
+    },
 }
 
 /// A metadata read.

@@ -1328,3 +1328,26 @@ fn kv_read_is_implemented_for_references() {
     assert!(r.is_ok());
     assert!(view.get(&keys::inode(root)).unwrap().is_some());
 }
+
+#[test]
+fn forget_garbage_drops_only_unreferenced_entries() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    fs.write(f, &[ext(0, 10, 1)]).unwrap();
+    fs.write(f, &[ext(0, 10, 2)]).unwrap();
+    assert!(fs.is_garbage(1));
+    // Chunk 1 is referenced again before GC forgets it: the entry is already gone.
+    fs.write(f, &[ext(0, 10, 1)]).unwrap();
+    assert!(!fs.is_garbage(1) && fs.is_garbage(2));
+    fs.exec(MetaOp::ForgetGarbage {
+        chunks: vec![chunk(1), chunk(2)],
+    })
+    .unwrap();
+    assert!(!fs.is_garbage(2));
+    assert_eq!(fs.refcount(1), 1);
+    let too_many = vec![chunk(3); crate::FORGET_GARBAGE_MAX + 1];
+    assert_eq!(
+        code(fs.exec(MetaOp::ForgetGarbage { chunks: too_many })),
+        ErrorCode::InvalidArgument
+    );
+}

@@ -1,7 +1,7 @@
 //! The state machine's read interface over RocksDB.
 
 use plait_meta::{KvRead, StoreError as MetaStoreError};
-use rocksdb::{ReadOptions, SnapshotWithThreadMode, DB};
+use rocksdb::{DB, ReadOptions, SnapshotWithThreadMode};
 
 use super::{CF_STATE, Db, StoreError};
 

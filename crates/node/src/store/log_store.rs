@@ -32,7 +32,12 @@ impl LogStore {
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> SResult<Option<T>> {
         let cf = self.db.cf(CF_RAFT).map_err(|e| StorageIOError::read(&e))?;
-        match self.db.raw().get_cf(cf, key).map_err(|e| StorageIOError::read(&e))? {
+        match self
+            .db
+            .raw()
+            .get_cf(cf, key)
+            .map_err(|e| StorageIOError::read(&e))?
+        {
             None => Ok(None),
             Some(bytes) => Ok(Some(dec(&bytes).map_err(|e| StorageIOError::read(&e))?)),
         }
@@ -51,7 +56,10 @@ impl LogStore {
     }
 
     fn last_entry_log_id(&self) -> SResult<Option<LogId<u64>>> {
-        let cf = self.db.cf(CF_LOG).map_err(|e| StorageIOError::read_logs(&e))?;
+        let cf = self
+            .db
+            .cf(CF_LOG)
+            .map_err(|e| StorageIOError::read_logs(&e))?;
         let mut it = self.db.raw().iterator_cf(cf, IteratorMode::End);
         match it.next() {
             None => Ok(None),
@@ -79,7 +87,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let cf = self.db.cf(CF_LOG).map_err(|e| StorageIOError::read_logs(&e))?;
+        let cf = self
+            .db
+            .cf(CF_LOG)
+            .map_err(|e| StorageIOError::read_logs(&e))?;
         let key = index_key(start);
         let it = self
             .db
@@ -89,7 +100,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         for item in it {
             let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
             let Ok(kb) = <[u8; 8]>::try_from(&k[..]) else {
-                return Err(StorageIOError::read_logs(&std::io::Error::other("bad log key")).into());
+                return Err(
+                    StorageIOError::read_logs(&std::io::Error::other("bad log key")).into(),
+                );
             };
             if !range.contains(&u64::from_be_bytes(kb)) {
                 break;
@@ -130,7 +143,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> SResult<Option<LogId<u64>>> {
-        Ok(self.get_meta::<Option<LogId<u64>>>(KEY_COMMITTED)?.flatten())
+        Ok(self
+            .get_meta::<Option<LogId<u64>>>(KEY_COMMITTED)?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> SResult<()>
@@ -138,7 +153,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let cf = self.db.cf(CF_LOG).map_err(|e| StorageIOError::write_logs(&e))?;
+        let cf = self
+            .db
+            .cf(CF_LOG)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         let mut batch = WriteBatch::default();
         for entry in entries {
             let bytes = enc(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
@@ -160,7 +178,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> SResult<()> {
-        let cf = self.db.cf(CF_LOG).map_err(|e| StorageIOError::write_logs(&e))?;
+        let cf = self
+            .db
+            .cf(CF_LOG)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf, index_key(log_id.index), index_key(u64::MAX));
         batch.delete_cf(cf, index_key(u64::MAX));
@@ -175,7 +196,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<u64>) -> SResult<()> {
         self.put_meta(KEY_LAST_PURGED, &log_id)?;
-        let cf = self.db.cf(CF_LOG).map_err(|e| StorageIOError::write_logs(&e))?;
+        let cf = self
+            .db
+            .cf(CF_LOG)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf, index_key(0), index_key(log_id.index.saturating_add(1)));
         self.db

@@ -72,8 +72,8 @@ impl StateMachine {
             EntryPayload::Blank => Ok(MetaReply::Empty),
             EntryPayload::Normal(cmd) => {
                 let view = DbView::live(&self.db)?;
-                let (mutations, reply) =
-                    plait_meta::apply(&view, &cmd).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let (mutations, reply) = plait_meta::apply(&view, &cmd)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 for m in mutations {
                     match m {
                         Mutation::Put(k, v) => batch.put_cf(state_cf, k, v),
@@ -127,7 +127,10 @@ impl StateMachine {
             last_membership: membership,
             snapshot_id,
         };
-        let file = SnapshotFile { meta: meta.clone(), pairs };
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            pairs,
+        };
         let bytes = bincode::serde::encode_to_vec(&file, snapshot_config())
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.save_current(bytes.clone())?;
