@@ -1,0 +1,79 @@
+//! plait: the admin CLI of a Plait cluster, the FUSE mount, and the playground.
+
+mod admin;
+mod cluster;
+mod conn;
+mod mount;
+mod playground;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "plait",
+    version,
+    about = "Plait replicated filesystem: admin, mount, playground"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Cluster-wide setup.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Volumes.
+    #[command(subcommand)]
+    Volume(admin::VolumeCmd),
+    /// Every node's view of the cluster.
+    Status(admin::StatusArgs),
+    /// Mount a volume through FUSE.
+    Mount(mount::MountArgs),
+    /// Unmount a Plait mount.
+    Umount {
+        /// The mount point.
+        mountpoint: std::path::PathBuf,
+    },
+    /// A local throwaway cluster for trying and testing Plait.
+    #[command(subcommand)]
+    Playground(playground::PlaygroundCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Create the cluster CA and the first node's certificate and configuration.
+    Init(cluster::InitArgs),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn main() -> Result<()> {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Cluster(ClusterCmd::Init(args)) => cluster::init(&args),
+        Cmd::Volume(cmd) => runtime()?.block_on(admin::volume(cmd)),
+        Cmd::Status(args) => runtime()?.block_on(admin::status(args)),
+        // The mount builds its own runtime: fuser's loop blocks the calling thread.
+        Cmd::Mount(args) => mount::run(&args),
+        Cmd::Umount { mountpoint } => mount::unmount(&mountpoint),
+        Cmd::Playground(cmd) => runtime()?.block_on(playground::run(cmd)),
+    }
+}

@@ -1,0 +1,457 @@
+//! `plait playground`: a throwaway cluster of plaitd processes on 127.0.0.1, with mounts,
+//! for trying Plait and for tests. Its state lives in `DIR/playground.toml`.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster;
+use crate::conn::ConnArgs;
+use crate::mount::{self, MountArgs};
+
+/// How long a node may take to start and elect a leader.
+const NODE_READY_MS: u64 = 30_000;
+/// How long a stopped process may take to exit after SIGTERM before SIGKILL.
+const STOP_GRACE_MS: u64 = 5_000;
+
+/// `plait playground ...`
+#[derive(Debug, Subcommand)]
+pub enum PlaygroundCmd {
+    /// Start N nodes, create volume `default`, optionally mount it.
+    Up {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        nodes: u32,
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+        /// Mount the volume here.
+        #[arg(long)]
+        mount: Option<PathBuf>,
+        /// Extra flags for plaitd, e.g. "--gc-grace-ms=1000".
+        #[arg(long, allow_hyphen_values = true)]
+        node_arg: Vec<String>,
+    },
+    /// Add another mount of the volume.
+    Mount {
+        #[arg(long)]
+        dir: PathBuf,
+        mountpoint: PathBuf,
+    },
+    /// SIGKILL node K (1-based).
+    StopNode {
+        #[arg(long)]
+        dir: PathBuf,
+        k: u32,
+    },
+    /// Restart node K.
+    StartNode {
+        #[arg(long)]
+        dir: PathBuf,
+        k: u32,
+    },
+    /// Show nodes, mounts and volumes.
+    Status {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Unmount everything and stop every process.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NodeEntry {
+    id: u64,
+    addr: SocketAddr,
+    pid: Option<u32>,
+    extra_args: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct MountEntry {
+    path: PathBuf,
+    pid: u32,
+    log: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default)]
+struct State {
+    nodes: Vec<NodeEntry>,
+    mounts: Vec<MountEntry>,
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("playground.toml")
+}
+
+fn load(dir: &Path) -> Result<State> {
+    let path = state_path(dir);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no playground in {} (run `plait playground up`)",
+            dir.display()
+        )
+    })?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn save(dir: &Path, state: &State) -> Result<()> {
+    let text = toml::to_string(state)?;
+    cluster::write_file(&state_path(dir), &text, false)
+}
+
+fn tls_dir(dir: &Path) -> PathBuf {
+    dir.join("tls")
+}
+
+fn node_dir(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("node{id}"))
+}
+
+fn free_port() -> Result<SocketAddr> {
+    let sock = UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port")?;
+    Ok(sock.local_addr()?)
+}
+
+fn plaitd_path() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let sibling = exe.with_file_name("plaitd");
+    if sibling.exists() {
+        return Ok(sibling);
+    }
+    Ok(PathBuf::from("plaitd"))
+}
+
+fn conn(dir: &Path, state: &State) -> ConnArgs {
+    ConnArgs {
+        nodes: state.nodes.iter().map(|n| n.addr).collect(),
+        tls_dir: tls_dir(dir),
+        rpc_timeout_ms: 2_000,
+        op_timeout_ms: 10_000,
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn start_node(dir: &Path, node: &mut NodeEntry) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let ndir = node_dir(dir, node.id);
+    let log_path = ndir.join("plaitd.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let child = Command::new(plaitd_path()?)
+        .arg("--config")
+        .arg(ndir.join("plaitd.toml"))
+        .args(&node.extra_args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting plaitd")?;
+    node.pid = Some(child.id());
+    Ok(())
+}
+
+fn kill(pid: u32, signal: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: sending a signal to a process we started.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+fn wait_exit(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        // Reap it if it is our child (it is not, after the CLI that started it exited).
+        if let Ok(p) = i32::try_from(pid) {
+            // SAFETY: non-blocking waitpid on a pid; harmless if it is not our child.
+            unsafe {
+                libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG);
+            }
+        }
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !alive(pid)
+}
+
+async fn wait_ready(dir: &Path, state: &State) -> Result<()> {
+    let client = conn(dir, state).connect().await?;
+    let deadline = Instant::now() + Duration::from_millis(NODE_READY_MS);
+    let mut last_err = String::new();
+    while Instant::now() < deadline {
+        match client.query(plait_proto::MetaQuery::ListVolumes).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last_err = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("cluster not ready after {NODE_READY_MS} ms: {last_err}")
+}
+
+async fn up(
+    dir: &Path,
+    nodes: u32,
+    replicas: u32,
+    mountpoint: Option<&Path>,
+    extra: &[String],
+) -> Result<()> {
+    if nodes != 1 {
+        bail!("--nodes {nodes}: only single-node playgrounds exist yet (replication is not built)");
+    }
+    if replicas == 0 || replicas > nodes {
+        bail!("--replicas must be between 1 and --nodes ({nodes})");
+    }
+    if state_path(dir).exists() {
+        let state = load(dir)?;
+        if state.nodes.iter().any(|n| n.pid.is_some_and(alive)) {
+            bail!(
+                "a playground is already running in {}; run `plait playground down --dir {}` first",
+                dir.display(),
+                dir.display()
+            );
+        }
+    }
+    // Start clean: a previous playground's nodes would hold another CA and Raft state.
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("node") || name == "tls" {
+            std::fs::remove_dir_all(entry.path())?;
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    let tls = tls_dir(dir);
+    let ca = cluster::create_ca(&tls, "plait-playground")?;
+    let mut state = State::default();
+    for id in 1..=u64::from(nodes) {
+        cluster::issue_node_cert(&tls, &ca, id)?;
+        let ndir = node_dir(dir, id);
+        std::fs::create_dir_all(&ndir)?;
+        let addr = free_port()?;
+        let config = cluster::node_config(id, addr, &ndir.join("data"), &tls, id == 1);
+        cluster::write_file(&ndir.join("plaitd.toml"), &config, false)?;
+        let mut node = NodeEntry {
+            id,
+            addr,
+            pid: None,
+            extra_args: extra.to_vec(),
+        };
+        start_node(dir, &mut node)?;
+        state.nodes.push(node);
+    }
+    save(dir, &state)?;
+    wait_ready(dir, &state).await?;
+    let client = conn(dir, &state).connect().await?;
+    crate::admin::create_volume(&client, "default", replicas, None).await?;
+    println!(
+        "playground up in {}: {} node(s), volume `default` with {} replica(s)",
+        dir.display(),
+        nodes,
+        replicas
+    );
+    for n in &state.nodes {
+        println!("  node {} at {} (pid {})", n.id, n.addr, n.pid.unwrap_or(0));
+    }
+    if let Some(mnt) = mountpoint {
+        add_mount(dir, &mut state, mnt)?;
+    }
+    println!(
+        "admin CLI: export PLAIT_NODES={} PLAIT_TLS_DIR={}",
+        state
+            .nodes
+            .iter()
+            .map(|n| n.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        tls.display()
+    );
+    Ok(())
+}
+
+fn add_mount(dir: &Path, state: &mut State, mnt: &Path) -> Result<()> {
+    std::fs::create_dir_all(mnt).with_context(|| format!("creating {}", mnt.display()))?;
+    let mnt = std::fs::canonicalize(mnt)?;
+    if mount::is_plait_mount(&mnt) {
+        bail!("{} is already a Plait mount", mnt.display());
+    }
+    let log = dir.join(format!("mount-{}.log", state.mounts.len() + 1));
+    let args = MountArgs {
+        mountpoint: mnt.clone(),
+        volume: "default".into(),
+        conn: conn(dir, state),
+        foreground: true,
+        log_file: Some(log.clone()),
+        attr_timeout_ms: 1_000,
+        entry_timeout_ms: 1_000,
+        data_cache_mib: 256,
+        dirty_file_mib: 64,
+        dirty_total_mib: 256,
+        allow_other: true,
+        threads: 2,
+    };
+    let mut child = mount::spawn_detached(&args, &log)?;
+    mount::wait_mounted(&mnt, &mut child, &log)?;
+    println!("  mounted at {} (pid {})", mnt.display(), child.id());
+    state.mounts.push(MountEntry {
+        path: mnt,
+        pid: child.id(),
+        log,
+    });
+    save(dir, state)
+}
+
+fn node_index(state: &State, k: u32) -> Result<usize> {
+    let idx = usize::try_from(k).unwrap_or(0);
+    if idx == 0 || idx > state.nodes.len() {
+        bail!(
+            "node {k} does not exist (the playground has {} nodes)",
+            state.nodes.len()
+        );
+    }
+    Ok(idx - 1)
+}
+
+async fn status(dir: &Path) -> Result<()> {
+    let state = load(dir)?;
+    let client = conn(dir, &state).connect().await?;
+    println!(
+        "{:<6} {:<22} {:<8} {:<8} {:>6}",
+        "NODE", "ADDRESS", "PROCESS", "LEADER", "TERM"
+    );
+    for n in &state.nodes {
+        let running = n.pid.is_some_and(alive);
+        let (leader, term) = match client.node_status(n.addr).await {
+            Ok(s) => (
+                s.leader.map(|l| l.to_string()).unwrap_or("-".into()),
+                s.term.to_string(),
+            ),
+            Err(_) => ("-".into(), "-".into()),
+        };
+        println!(
+            "{:<6} {:<22} {:<8} {:<8} {:>6}",
+            n.id,
+            n.addr,
+            if running { "running" } else { "stopped" },
+            leader,
+            term
+        );
+    }
+    for m in &state.mounts {
+        let ok = alive(m.pid) && mount::is_plait_mount(&m.path);
+        println!(
+            "mount {} (pid {}): {}",
+            m.path.display(),
+            m.pid,
+            if ok { "mounted" } else { "NOT mounted" }
+        );
+    }
+    match client.query(plait_proto::MetaQuery::ListVolumes).await {
+        Ok(plait_proto::MetaReply::Volumes(vols)) => {
+            for v in vols {
+                println!(
+                    "volume {}: replicas {}, write quorum {}, healthy",
+                    v.name, v.replicas, v.write_quorum
+                );
+            }
+        }
+        Ok(other) => println!("volumes: unexpected reply {other:?}"),
+        Err(e) => println!("volumes: unavailable ({e})"),
+    }
+    Ok(())
+}
+
+fn down(dir: &Path) -> Result<()> {
+    let mut state = load(dir)?;
+    for m in &state.mounts {
+        if mount::is_plait_mount(&m.path) {
+            if let Err(e) = mount::unmount(&m.path) {
+                eprintln!("warning: {e:#}");
+            }
+        }
+        if alive(m.pid) {
+            kill(m.pid, libc::SIGTERM);
+            if !wait_exit(m.pid, Duration::from_millis(STOP_GRACE_MS)) {
+                kill(m.pid, libc::SIGKILL);
+            }
+        }
+    }
+    state.mounts.clear();
+    for n in &mut state.nodes {
+        if let Some(pid) = n.pid.take() {
+            if alive(pid) {
+                kill(pid, libc::SIGTERM);
+                if !wait_exit(pid, Duration::from_millis(STOP_GRACE_MS)) {
+                    kill(pid, libc::SIGKILL);
+                    wait_exit(pid, Duration::from_millis(STOP_GRACE_MS));
+                }
+            }
+        }
+    }
+    std::fs::remove_file(state_path(dir))?;
+    println!("playground in {} is down", dir.display());
+    Ok(())
+}
+
+/// Runs a `plait playground` command.
+pub async fn run(cmd: PlaygroundCmd) -> Result<()> {
+    match cmd {
+        PlaygroundCmd::Up {
+            dir,
+            nodes,
+            replicas,
+            mount,
+            node_arg,
+        } => up(&dir, nodes, replicas, mount.as_deref(), &node_arg).await,
+        PlaygroundCmd::Mount { dir, mountpoint } => {
+            let mut state = load(&dir)?;
+            add_mount(&dir, &mut state, &mountpoint)
+        }
+        PlaygroundCmd::StopNode { dir, k } => {
+            let mut state = load(&dir)?;
+            let i = node_index(&state, k)?;
+            if let Some(pid) = state.nodes[i].pid.take() {
+                kill(pid, libc::SIGKILL);
+                wait_exit(pid, Duration::from_millis(STOP_GRACE_MS));
+            }
+            save(&dir, &state)?;
+            println!("node {k} killed");
+            Ok(())
+        }
+        PlaygroundCmd::StartNode { dir, k } => {
+            let mut state = load(&dir)?;
+            let i = node_index(&state, k)?;
+            if state.nodes[i].pid.is_some_and(alive) {
+                bail!("node {k} is already running");
+            }
+            start_node(&dir, &mut state.nodes[i])?;
+            save(&dir, &state)?;
+            wait_ready(&dir, &state).await?;
+            println!("node {k} started");
+            Ok(())
+        }
+        PlaygroundCmd::Status { dir } => status(&dir).await,
+        PlaygroundCmd::Down { dir } => down(&dir),
+    }
+}

@@ -1,0 +1,591 @@
+//! [`ClusterClient`]: routes metadata calls to the leader and moves chunks.
+//!
+//! # Retries
+//!
+//! A metadata *query* (and a chunk put or get) is idempotent: it is retried after any
+//! transport failure, against the next node, with bounded exponential backoff, until the
+//! operation's deadline (`op_timeout_ms`).
+//!
+//! A metadata *op* (a [`MetaOp`]) is retried only when the request surely never reached a
+//! leader: the node could not be reached, or it answered `NotLeader`. After a timeout, a
+//! reset stream or a closed connection, the op may or may not have been committed;
+//! resending it could apply it twice (a second `Create` would fail with EEXIST although the
+//! first succeeded, a second `Rename` could move a file that replaced the first one's
+//! target). Such a call fails with [`ErrorCode::Unavailable`] (EIO at the mount) instead.
+//! The real fix is server-side de-duplication of retried ops (a client session id and
+//! sequence number in the state machine), which the sessions work will bring; until then
+//! an ambiguous op is reported, never blindly repeated.
+//!
+//! The transport cannot say whether a failed call delivered its request (a timeout may
+//! have hit while connecting or after sending). So before an op goes to a node that has
+//! not answered anything since its last failure, the node is *probed* with an idempotent
+//! `NodeStatus` request, which establishes the connection: a probe failure proves the op
+//! was not sent, and the op moves on to the next node. An op then only fails ambiguously
+//! if the connection breaks between the probe and the op, or while the op is in flight.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use plait_net::{NetError, RpcClient, TlsIdentity};
+use plait_proto::{
+    ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, NodeStatus, Request, Response, RpcError,
+};
+use tracing::{debug, error, warn};
+
+use crate::error::ClientError;
+
+/// Default timeout of one RPC, in milliseconds.
+pub const RPC_TIMEOUT_DEFAULT_MS: u64 = 5_000;
+
+/// Default timeout of one whole operation including retries and redirects, in milliseconds.
+pub const OP_TIMEOUT_DEFAULT_MS: u64 = 30_000;
+
+/// First backoff pause after a failed attempt, in milliseconds.
+const BACKOFF_INITIAL_MS: u64 = 50;
+
+/// Longest backoff pause between two attempts, in milliseconds.
+const BACKOFF_MAX_MS: u64 = 1_000;
+
+/// `NotLeader` redirects followed back to back before pausing: a hint pointing at a node
+/// that is itself not the leader (during an election) must not turn into a busy loop.
+const REDIRECTS_BEFORE_BACKOFF: u32 = 3;
+
+/// Chunks up to this size are hashed on the calling task; larger ones on the blocking
+/// pool, so that hashing 4 MiB never stalls the async workers.
+const HASH_INLINE_MAX_BYTES: usize = 64 * 1024;
+
+/// Where and how long to wait: the cluster's node addresses and the two timeouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Addresses (ip:port) of the cluster's nodes, tried in this order.
+    pub nodes: Vec<SocketAddr>,
+    /// Timeout of one RPC, in milliseconds.
+    pub rpc_timeout_ms: u64,
+    /// Timeout of one operation including retries, redirects and backoff, in milliseconds.
+    pub op_timeout_ms: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            nodes: Vec::new(),
+            rpc_timeout_ms: RPC_TIMEOUT_DEFAULT_MS,
+            op_timeout_ms: OP_TIMEOUT_DEFAULT_MS,
+        }
+    }
+}
+
+/// Sends one request to one address and returns its response.
+enum Transport {
+    /// QUIC with mutual TLS.
+    Net(RpcClient),
+    /// An in-process stand-in for a cluster (tests only).
+    #[cfg(test)]
+    Fake(std::sync::Arc<FakeCall>),
+}
+
+/// A fake cluster's request handler (tests only).
+#[cfg(test)]
+pub(crate) type FakeCall = dyn Fn(SocketAddr, &Request) -> Result<Response, NetError> + Send + Sync;
+
+impl Transport {
+    async fn call(
+        &self,
+        addr: SocketAddr,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, NetError> {
+        match self {
+            Transport::Net(rpc) => rpc.call(addr, req, timeout).await,
+            #[cfg(test)]
+            Transport::Fake(f) => {
+                let _ = timeout;
+                tokio::task::yield_now().await;
+                f(addr, req)
+            }
+        }
+    }
+}
+
+/// Whether a request may be sent again after an attempt whose outcome is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Idempotent: resend after any transport failure (queries, chunk I/O).
+    Always,
+    /// Resend only if it surely never reached a leader (metadata ops).
+    IfNotDelivered,
+}
+
+/// A connection to a Plait cluster: the metadata leader's address as last learned, and
+/// the transport. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct ClusterClient {
+    transport: Transport,
+    nodes: Vec<SocketAddr>,
+    /// The node that last answered a metadata request, if any.
+    leader: Mutex<Option<SocketAddr>>,
+    /// Nodes that answered since their last transport failure: an op may be sent to them
+    /// without a probe.
+    reachable: Mutex<HashSet<SocketAddr>>,
+    /// Index into `nodes` of the next node to try when the leader is unknown.
+    next_node: AtomicUsize,
+    rpc_timeout: Duration,
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClusterClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterClient")
+            .field("nodes", &self.nodes)
+            .field("leader", &self.known_leader())
+            .field("rpc_timeout", &self.rpc_timeout)
+            .field("op_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterClient {
+    /// Creates a client for the nodes in `config`, authenticating with `identity`.
+    ///
+    /// No node is contacted yet: the first call finds the leader. Must run inside a tokio
+    /// runtime (the QUIC endpoint is bound here).
+    pub async fn connect(
+        identity: &TlsIdentity,
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
+        check_config(&config)?;
+        let rpc = RpcClient::new(identity)?;
+        Ok(Self::with_transport(Transport::Net(rpc), config))
+    }
+
+    /// A client whose requests are answered by `fake` instead of the network (tests only).
+    #[cfg(test)]
+    pub(crate) fn fake(
+        config: ClientConfig,
+        fake: std::sync::Arc<FakeCall>,
+    ) -> Result<Self, ClientError> {
+        check_config(&config)?;
+        Ok(Self::with_transport(Transport::Fake(fake), config))
+    }
+
+    fn with_transport(transport: Transport, config: ClientConfig) -> Self {
+        Self {
+            transport,
+            nodes: config.nodes,
+            leader: Mutex::new(None),
+            reachable: Mutex::new(HashSet::new()),
+            next_node: AtomicUsize::new(0),
+            rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
+            op_timeout: Duration::from_millis(config.op_timeout_ms),
+        }
+    }
+
+    /// The configured node addresses.
+    pub fn nodes(&self) -> &[SocketAddr] {
+        &self.nodes
+    }
+
+    /// The metadata leader as last learned, if any (for status displays and logs).
+    pub fn known_leader(&self) -> Option<SocketAddr> {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Proposes a metadata change to the leader.
+    ///
+    /// Follows `NotLeader` hints and rotates through the nodes while no connection can be
+    /// made, with bounded exponential backoff, until `op_timeout_ms` (then
+    /// [`ErrorCode::Unavailable`]). Never resends the op once it may have reached a leader
+    /// (see the module documentation): an ambiguous failure is returned as `Unavailable`.
+    pub async fn meta(&self, op: MetaOp) -> Result<MetaReply, RpcError> {
+        self.call_leader(&Request::Meta(op), Retry::IfNotDelivered)
+            .await
+    }
+
+    /// Reads metadata from the leader (linearizable), with the same routing as
+    /// [`Self::meta`]; being idempotent, a query is also retried after timeouts.
+    pub async fn query(&self, q: MetaQuery) -> Result<MetaReply, RpcError> {
+        self.call_leader(&Request::Query(q), Retry::Always).await
+    }
+
+    /// Stores `data` as a chunk and returns its id (the blake3 hash of the bytes).
+    ///
+    /// For now the chunk goes to one node, the current metadata leader (or the first node
+    /// reachable). This is the one place where placement will slot in: send to the `R`
+    /// nodes the placement picks and wait for `W` durable acknowledgements. A put is
+    /// idempotent (content-addressed), so it is retried until the operation deadline.
+    pub async fn put_chunk(&self, data: Vec<u8>) -> Result<ChunkId, RpcError> {
+        let (id, data) = hash_chunk(data).await?;
+        let req = Request::ChunkPut { id, data };
+        let deadline = Instant::now() + self.op_timeout;
+        let mut backoff = Backoff::new();
+        let mut target = self.current_target();
+        let mut last_error = String::new();
+        loop {
+            let timeout = self.attempt_timeout(deadline, "chunk put", &last_error)?;
+            match self.send(target, &req, timeout).await {
+                Ok(Response::ChunkStored) => return Ok(id),
+                Ok(Response::Error(e)) if e.code == ErrorCode::Unavailable => {
+                    debug!(%target, chunk = %id, error = %e, "chunk put: node unavailable, retrying");
+                    last_error = e.to_string();
+                }
+                Ok(Response::Error(e)) => return Err(e),
+                Ok(other) => return Err(unexpected("ChunkPut", &other)),
+                Err(NetError::Codec(e)) => return Err(codec_error(e)),
+                Err(e) => {
+                    warn!(%target, chunk = %id, error = %e, "chunk put failed, trying another node");
+                    last_error = format!("{target}: {e}");
+                    self.forget_leader(target);
+                    target = self.rotate();
+                }
+            }
+            backoff.pause(deadline).await;
+        }
+    }
+
+    /// Reads a chunk, trying the leader first and then every node in order until one
+    /// returns bytes that hash to `id`.
+    ///
+    /// Bytes that do not match are logged and treated like a missing copy: no byte reaches
+    /// a reader unless its hash matched. Fails with [`ErrorCode::Io`] when every node
+    /// answered but none had a good copy, and with [`ErrorCode::Unavailable`] when the
+    /// deadline passed while some node could not be reached.
+    pub async fn get_chunk(&self, id: ChunkId) -> Result<Vec<u8>, RpcError> {
+        let req = Request::ChunkGet { id };
+        let deadline = Instant::now() + self.op_timeout;
+        let mut backoff = Backoff::new();
+        let mut last_error = String::new();
+        loop {
+            let mut unreachable = false;
+            for addr in self.read_order() {
+                let timeout = self.attempt_timeout(deadline, "chunk get", &last_error)?;
+                match self.send(addr, &req, timeout).await {
+                    Ok(Response::Chunk(bytes)) => match verify_chunk(id, bytes).await? {
+                        Some(bytes) => return Ok(bytes),
+                        None => error!(node = %addr, chunk = %id, "chunk failed hash verification"),
+                    },
+                    Ok(Response::Error(e)) if e.code == ErrorCode::NotFound => {
+                        debug!(node = %addr, chunk = %id, "chunk not on this node");
+                    }
+                    Ok(Response::Error(e)) => {
+                        debug!(node = %addr, chunk = %id, error = %e, "chunk get refused");
+                        unreachable |= e.code == ErrorCode::Unavailable;
+                        last_error = format!("{addr}: {e}");
+                    }
+                    Ok(other) => {
+                        warn!(node = %addr, "unexpected answer to ChunkGet: {}", kind(&other))
+                    }
+                    Err(e) => {
+                        debug!(node = %addr, chunk = %id, error = %e, "chunk get failed");
+                        unreachable = true;
+                        last_error = format!("{addr}: {e}");
+                    }
+                }
+            }
+            if !unreachable {
+                return Err(RpcError::new(
+                    ErrorCode::Io,
+                    format!("chunk {id} is missing or corrupt on every node"),
+                ));
+            }
+            backoff.pause(deadline).await;
+        }
+    }
+
+    /// Asks one node for its status (one attempt, `rpc_timeout_ms`).
+    pub async fn node_status(&self, addr: SocketAddr) -> Result<NodeStatus, RpcError> {
+        match self
+            .send(addr, &Request::NodeStatus, self.rpc_timeout)
+            .await
+        {
+            Ok(Response::NodeStatus(s)) => Ok(s),
+            Ok(Response::Error(e)) => Err(e),
+            Ok(other) => Err(unexpected("NodeStatus", &other)),
+            Err(e) => Err(net_error(&e)),
+        }
+    }
+
+    /// The leader routing loop shared by [`Self::meta`] and [`Self::query`].
+    async fn call_leader(&self, req: &Request, retry: Retry) -> Result<MetaReply, RpcError> {
+        let deadline = Instant::now() + self.op_timeout;
+        let mut backoff = Backoff::new();
+        let mut redirects = 0u32;
+        let mut target = self.current_target();
+        let mut last_error = String::new();
+        loop {
+            let mut timeout = self.attempt_timeout(deadline, "metadata call", &last_error)?;
+            if retry == Retry::IfNotDelivered && !self.is_reachable(target) {
+                if let Err(e) = self.send(target, &Request::NodeStatus, timeout).await {
+                    debug!(node = %target, error = %e, "probe failed; op not sent, trying the next node");
+                    last_error = format!("{target}: {e}");
+                    self.forget_leader(target);
+                    target = self.rotate();
+                    backoff.pause(deadline).await;
+                    continue;
+                }
+                timeout = self.attempt_timeout(deadline, "metadata call", &last_error)?;
+            }
+            match self.send(target, req, timeout).await {
+                Ok(Response::Meta(reply)) => {
+                    self.set_leader(target);
+                    return Ok(reply);
+                }
+                Ok(Response::Error(e)) if e.code == ErrorCode::NotLeader => {
+                    last_error = format!("{target}: {e}");
+                    match parse_hint(e.leader_hint.as_deref()) {
+                        Some(hint) if hint != target && redirects < REDIRECTS_BEFORE_BACKOFF => {
+                            debug!(from = %target, to = %hint, "following NotLeader redirect");
+                            redirects += 1;
+                            self.set_leader(hint);
+                            target = hint;
+                            continue;
+                        }
+                        Some(hint) => {
+                            self.set_leader(hint);
+                            target = hint;
+                        }
+                        None => {
+                            debug!(node = %target, "no leader known yet");
+                            self.forget_leader(target);
+                            target = self.rotate();
+                        }
+                    }
+                }
+                Ok(Response::Error(e))
+                    if e.code == ErrorCode::Unavailable && retry == Retry::Always =>
+                {
+                    debug!(node = %target, error = %e, "query unavailable, retrying");
+                    last_error = format!("{target}: {e}");
+                }
+                Ok(Response::Error(e)) => return Err(e),
+                Ok(other) => return Err(unexpected("a metadata request", &other)),
+                Err(NetError::Codec(e)) => return Err(codec_error(e)),
+                Err(e) if retry == Retry::IfNotDelivered => {
+                    warn!(node = %target, error = %e, "metadata op outcome unknown; not retried");
+                    self.forget_leader(target);
+                    self.rotate();
+                    return Err(RpcError::new(
+                        ErrorCode::Unavailable,
+                        format!("outcome unknown after {target}: {e}; the op was not retried"),
+                    ));
+                }
+                Err(e) => {
+                    debug!(node = %target, error = %e, "node unreachable, trying the next one");
+                    last_error = format!("{target}: {e}");
+                    self.forget_leader(target);
+                    target = self.rotate();
+                }
+            }
+            redirects = 0;
+            backoff.pause(deadline).await;
+        }
+    }
+
+    /// One attempt, remembering whether `addr` answered (any response, even an error,
+    /// proves the connection works) or failed at the transport level.
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, NetError> {
+        let result = self.transport.call(addr, req, timeout).await;
+        let mut reachable = self.reachable.lock().unwrap_or_else(|p| p.into_inner());
+        if result.is_ok() {
+            reachable.insert(addr);
+        } else {
+            reachable.remove(&addr);
+        }
+        result
+    }
+
+    /// True if `addr` answered since its last transport failure.
+    fn is_reachable(&self, addr: SocketAddr) -> bool {
+        self.reachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&addr)
+    }
+
+    /// Timeout of the next attempt: the RPC timeout, cut to what is left of the operation;
+    /// past the deadline, [`ErrorCode::Unavailable`] with the last failure seen.
+    fn attempt_timeout(
+        &self,
+        deadline: Instant,
+        what: &str,
+        last_error: &str,
+    ) -> Result<Duration, RpcError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let mut message = format!("{what} timed out after {} ms", self.op_timeout.as_millis());
+            if !last_error.is_empty() {
+                message.push_str(&format!(" (last error: {last_error})"));
+            }
+            return Err(RpcError::new(ErrorCode::Unavailable, message));
+        }
+        Ok(left.min(self.rpc_timeout))
+    }
+
+    /// The node to send a leader request to: the known leader, else the next node.
+    fn current_target(&self) -> SocketAddr {
+        match self.known_leader() {
+            Some(addr) => addr,
+            None => self.node_at(self.next_node.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Moves on to the next configured node and returns it.
+    fn rotate(&self) -> SocketAddr {
+        let i = self
+            .next_node
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        self.node_at(i)
+    }
+
+    fn node_at(&self, i: usize) -> SocketAddr {
+        // `check_config` guarantees at least one node.
+        self.nodes[i % self.nodes.len()]
+    }
+
+    /// Nodes in the order chunk reads try them: the known leader first, then the rest.
+    fn read_order(&self) -> Vec<SocketAddr> {
+        let mut order = Vec::with_capacity(self.nodes.len() + 1);
+        if let Some(leader) = self.known_leader() {
+            order.push(leader);
+        }
+        for addr in &self.nodes {
+            if !order.contains(addr) {
+                order.push(*addr);
+            }
+        }
+        order
+    }
+
+    fn set_leader(&self, addr: SocketAddr) {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+    }
+
+    /// Forgets the leader if it is `addr` (it failed or said it is not the leader).
+    fn forget_leader(&self, addr: SocketAddr) {
+        let mut leader = self.leader.lock().unwrap_or_else(|p| p.into_inner());
+        if *leader == Some(addr) {
+            *leader = None;
+        }
+    }
+}
+
+fn check_config(config: &ClientConfig) -> Result<(), ClientError> {
+    if config.nodes.is_empty() {
+        return Err(ClientError::NoNodes);
+    }
+    if config.rpc_timeout_ms == 0 {
+        return Err(ClientError::InvalidTimeout("rpc_timeout_ms is 0"));
+    }
+    if config.op_timeout_ms == 0 {
+        return Err(ClientError::InvalidTimeout("op_timeout_ms is 0"));
+    }
+    Ok(())
+}
+
+/// Parses a `NotLeader` hint ("ip:port"); an unparsable hint is logged and ignored.
+fn parse_hint(hint: Option<&str>) -> Option<SocketAddr> {
+    let hint = hint?;
+    match hint.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            warn!(hint, "ignoring unparsable leader hint");
+            None
+        }
+    }
+}
+
+/// The RPC error a transport failure is reported as.
+fn net_error(e: &NetError) -> RpcError {
+    match e {
+        NetError::Codec(c) => RpcError::new(ErrorCode::Protocol, c.to_string()),
+        other => RpcError::new(ErrorCode::Unavailable, other.to_string()),
+    }
+}
+
+fn codec_error(e: plait_proto::CodecError) -> RpcError {
+    RpcError::new(ErrorCode::Protocol, format!("codec: {e}"))
+}
+
+fn unexpected(what: &str, got: &Response) -> RpcError {
+    RpcError::new(
+        ErrorCode::Protocol,
+        format!("unexpected answer to {what}: {}", kind(got)),
+    )
+}
+
+/// The variant name of a response, for error messages (never the payload).
+fn kind(r: &Response) -> &'static str {
+    match r {
+        Response::Meta(_) => "Meta",
+        Response::ChunkStored => "ChunkStored",
+        Response::Chunk(_) => "Chunk",
+        Response::NodeStatus(_) => "NodeStatus",
+        Response::Error(_) => "Error",
+        _ => "another response",
+    }
+}
+
+/// Hashes `data`, off the async workers when it is large.
+async fn hash_chunk(data: Vec<u8>) -> Result<(ChunkId, Vec<u8>), RpcError> {
+    if data.len() <= HASH_INLINE_MAX_BYTES {
+        return Ok((ChunkId::of(&data), data));
+    }
+    tokio::task::spawn_blocking(move || (ChunkId::of(&data), data))
+        .await
+        .map_err(|e| RpcError::new(ErrorCode::Io, format!("hashing task failed: {e}")))
+}
+
+/// Returns the bytes if they hash to `id`, `None` if they do not.
+async fn verify_chunk(id: ChunkId, bytes: Vec<u8>) -> Result<Option<Vec<u8>>, RpcError> {
+    let (got, bytes) = hash_chunk(bytes).await?;
+    Ok((got == id).then_some(bytes))
+}
+
+/// Bounded exponential backoff with jitter.
+struct Backoff {
+    next_ms: u64,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            next_ms: BACKOFF_INITIAL_MS,
+        }
+    }
+
+    /// The pause before the next attempt, in milliseconds: between half and all of the
+    /// current step; the step doubles up to [`BACKOFF_MAX_MS`].
+    fn next_pause_ms(&mut self) -> u64 {
+        let step = self.next_ms;
+        self.next_ms = (self.next_ms * 2).min(BACKOFF_MAX_MS);
+        let half = step / 2;
+        half + jitter_ms(half + 1)
+    }
+
+    /// Sleeps for the next pause, but never past `deadline`.
+    async fn pause(&mut self, deadline: Instant) {
+        let pause = Duration::from_millis(self.next_pause_ms());
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(pause.min(left)).await;
+    }
+}
+
+/// A cheap pseudo-random number below `bound` (spreads retries of many clients apart;
+/// not for anything that needs real randomness).
+fn jitter_ms(bound: u64) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    u64::from(nanos) % bound.max(1)
+}
+
+#[cfg(test)]
+mod tests;

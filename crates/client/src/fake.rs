@@ -1,0 +1,455 @@
+//! An in-memory stand-in for a one-node cluster (tests only): just enough of the metadata
+//! state machine and chunk store to drive [`crate::fs::PlaitFs`] end to end without a
+//! network. Not a model of the real state machine's every rule.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use plait_net::NetError;
+use plait_proto::meta::{NewKind, RenameMode};
+use plait_proto::{
+    Attr, ChunkId, DirEntry, ErrorCode, Extent, FileKind, FsStats, Ino, MetaOp, MetaQuery,
+    MetaReply, Request, Response, RpcError, Timestamp, VolumeInfo,
+};
+
+use crate::{ClientConfig, ClusterClient};
+
+/// Root inode of the fake volume "vol".
+pub(crate) const ROOT: Ino = 7;
+
+/// The one node's address.
+pub(crate) fn node_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7000))
+}
+
+/// Knobs and state of the fake cluster.
+#[derive(Debug, Default)]
+pub(crate) struct FakeState {
+    pub(crate) attrs: HashMap<Ino, Attr>,
+    pub(crate) dentries: BTreeMap<(Ino, Vec<u8>), Ino>,
+    pub(crate) parents: HashMap<Ino, Ino>,
+    pub(crate) extents: HashMap<Ino, BTreeMap<u64, Extent>>,
+    pub(crate) chunks: HashMap<ChunkId, Vec<u8>>,
+    pub(crate) links: HashMap<Ino, Vec<u8>>,
+    pub(crate) xattrs: HashMap<Ino, BTreeMap<Vec<u8>, Vec<u8>>>,
+    pub(crate) orphans: HashSet<Ino>,
+    pub(crate) reaped: Vec<Ino>,
+    pub(crate) next_ino: Ino,
+    pub(crate) clock: i64,
+    /// Most extents per `Extents` reply (paging).
+    pub(crate) extents_page_max: usize,
+    /// Fail chunk puts with this error while set.
+    pub(crate) fail_puts: Option<ErrorCode>,
+    /// Every `Write` op received: (ino, number of extents).
+    pub(crate) writes: Vec<(Ino, usize)>,
+    /// Number of `Extents` queries received.
+    pub(crate) extent_queries: usize,
+    /// Number of `ChunkGet` requests received.
+    pub(crate) chunk_gets: usize,
+}
+
+/// A shared fake cluster.
+pub(crate) type Fake = Arc<Mutex<FakeState>>;
+
+/// A fake cluster with an empty root directory.
+pub(crate) fn new_fake() -> Fake {
+    let mut st = FakeState {
+        next_ino: 100,
+        extents_page_max: 4096,
+        ..FakeState::default()
+    };
+    let root = st.new_attr(ROOT, FileKind::Dir, 0o755);
+    st.attrs.insert(ROOT, root);
+    st.parents.insert(ROOT, ROOT);
+    Arc::new(Mutex::new(st))
+}
+
+/// A client whose requests the fake answers.
+pub(crate) fn client(fake: &Fake) -> Arc<ClusterClient> {
+    let fake = fake.clone();
+    let config = ClientConfig {
+        nodes: vec![node_addr()],
+        rpc_timeout_ms: 1_000,
+        op_timeout_ms: 2_000,
+    };
+    let handler = move |_addr: SocketAddr, req: &Request| -> Result<Response, NetError> {
+        let mut st = fake.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(st.handle(req))
+    };
+    match ClusterClient::fake(config, Arc::new(handler)) {
+        Ok(c) => Arc::new(c),
+        Err(e) => panic!("fake client: {e}"),
+    }
+}
+
+fn err(code: ErrorCode) -> RpcError {
+    RpcError::new(code, format!("{code:?}"))
+}
+
+impl FakeState {
+    fn now(&mut self) -> Timestamp {
+        self.clock += 1;
+        Timestamp {
+            sec: self.clock,
+            nsec: 0,
+        }
+    }
+
+    fn new_attr(&mut self, ino: Ino, kind: FileKind, perm: u16) -> Attr {
+        let now = self.now();
+        Attr {
+            ino,
+            kind,
+            perm,
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 0,
+            allocated_bytes: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+        }
+    }
+
+    /// The committed bytes of a file (for assertions).
+    pub(crate) fn file_bytes(&self, ino: Ino) -> Vec<u8> {
+        let size = self.attrs.get(&ino).map_or(0, |a| a.size) as usize;
+        let mut out = vec![0u8; size];
+        for e in self.extents.get(&ino).into_iter().flat_map(|m| m.values()) {
+            let chunk = &self.chunks[&e.chunk];
+            let from = e.chunk_offset as usize;
+            out[e.file_offset as usize..e.end() as usize]
+                .copy_from_slice(&chunk[from..from + e.len as usize]);
+        }
+        out
+    }
+
+    fn handle(&mut self, req: &Request) -> Response {
+        let result = match req {
+            Request::Meta(op) => self.apply(op).map(Response::Meta),
+            Request::Query(q) => self.query(q).map(Response::Meta),
+            Request::ChunkPut { id, data } => self.put(*id, data),
+            Request::ChunkGet { id } => {
+                self.chunk_gets += 1;
+                self.chunks
+                    .get(id)
+                    .map(|d| Response::Chunk(d.clone()))
+                    .ok_or_else(|| err(ErrorCode::NotFound))
+            }
+            _ => Err(err(ErrorCode::Protocol)),
+        };
+        result.unwrap_or_else(Response::Error)
+    }
+
+    fn put(&mut self, id: ChunkId, data: &[u8]) -> Result<Response, RpcError> {
+        if let Some(code) = self.fail_puts {
+            return Err(err(code));
+        }
+        if ChunkId::of(data) != id {
+            return Err(err(ErrorCode::InvalidArgument));
+        }
+        self.chunks.insert(id, data.to_vec());
+        Ok(Response::ChunkStored)
+    }
+
+    fn attr(&self, ino: Ino) -> Result<Attr, RpcError> {
+        self.attrs
+            .get(&ino)
+            .cloned()
+            .ok_or_else(|| err(ErrorCode::NotFound))
+    }
+
+    fn query(&mut self, q: &MetaQuery) -> Result<MetaReply, RpcError> {
+        match q {
+            MetaQuery::Volume { name } if name == "vol" => Ok(MetaReply::Volume(VolumeInfo {
+                name: name.clone(),
+                root: ROOT,
+                replicas: 1,
+                write_quorum: 1,
+            })),
+            MetaQuery::Volume { .. } => Err(err(ErrorCode::NotFound)),
+            MetaQuery::Lookup { parent, name } => {
+                let ino = self
+                    .dentries
+                    .get(&(*parent, name.clone()))
+                    .ok_or_else(|| err(ErrorCode::NotFound))?;
+                Ok(MetaReply::Attr(self.attr(*ino)?))
+            }
+            MetaQuery::GetAttr { ino } => Ok(MetaReply::Attr(self.attr(*ino)?)),
+            MetaQuery::ReadDir { ino, after, limit } => {
+                self.readdir(*ino, after.as_deref(), *limit)
+            }
+            MetaQuery::ReadLink { ino } => self
+                .links
+                .get(ino)
+                .map(|t| MetaReply::Link(t.clone()))
+                .ok_or_else(|| err(ErrorCode::InvalidArgument)),
+            MetaQuery::Extents { ino, offset, len } => {
+                self.extent_queries += 1;
+                let attr = self.attr(*ino)?;
+                let end = offset.saturating_add(*len);
+                let extents: Vec<Extent> = self
+                    .extents
+                    .get(ino)
+                    .into_iter()
+                    .flat_map(|m| m.values())
+                    .filter(|e| e.file_offset < end && e.end() > *offset)
+                    .take(self.extents_page_max)
+                    .copied()
+                    .collect();
+                Ok(MetaReply::Extents { attr, extents })
+            }
+            MetaQuery::GetXattr { ino, name } => self
+                .xattrs
+                .get(ino)
+                .and_then(|x| x.get(name))
+                .map(|v| MetaReply::Xattr(v.clone()))
+                .ok_or_else(|| err(ErrorCode::NoAttr)),
+            MetaQuery::ListXattr { ino } => Ok(MetaReply::XattrNames(
+                self.xattrs
+                    .get(ino)
+                    .map(|x| x.keys().cloned().collect())
+                    .unwrap_or_default(),
+            )),
+            MetaQuery::FsStats => Ok(MetaReply::FsStats(FsStats {
+                total_bytes: 1 << 30,
+                free_bytes: 1 << 29,
+                files: self.attrs.len() as u64,
+                files_free: 1000,
+            })),
+            _ => Err(err(ErrorCode::InvalidArgument)),
+        }
+    }
+
+    fn readdir(&self, ino: Ino, after: Option<&[u8]>, limit: u32) -> Result<MetaReply, RpcError> {
+        let parent = *self
+            .parents
+            .get(&ino)
+            .ok_or_else(|| err(ErrorCode::NotFound))?;
+        let limit = (limit as usize).min(1024);
+        let entries = self
+            .dentries
+            .range((ino, Vec::new())..)
+            .take_while(|((p, _), _)| *p == ino)
+            .filter(|((_, name), _)| after.is_none_or(|a| name.as_slice() > a))
+            .take(limit)
+            .map(|((_, name), child)| DirEntry {
+                name: name.clone(),
+                attr: self.attrs[child].clone(),
+            })
+            .collect();
+        Ok(MetaReply::Entries { parent, entries })
+    }
+
+    fn apply(&mut self, op: &MetaOp) -> Result<MetaReply, RpcError> {
+        match op {
+            MetaOp::Create {
+                parent,
+                name,
+                kind,
+                perm,
+                uid,
+                gid,
+            } => self.create(*parent, name, kind, *perm, *uid, *gid),
+            MetaOp::Unlink { parent, name } | MetaOp::Rmdir { parent, name } => {
+                self.unlink(*parent, name)
+            }
+            MetaOp::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                mode,
+            } => self.rename(*parent, name, *new_parent, new_name, *mode),
+            MetaOp::SetAttr { ino, set } => {
+                if let Some(size) = set.size {
+                    self.truncate(*ino, size);
+                }
+                let now = self.now();
+                let attr = self
+                    .attrs
+                    .get_mut(ino)
+                    .ok_or_else(|| err(ErrorCode::NotFound))?;
+                if let Some(size) = set.size {
+                    attr.size = size;
+                    attr.mtime = now;
+                }
+                if let Some(perm) = set.perm {
+                    attr.perm = perm;
+                }
+                attr.ctime = now;
+                Ok(MetaReply::Attr(attr.clone()))
+            }
+            MetaOp::Write { ino, extents } => self.write(*ino, extents),
+            MetaOp::Reap { ino } => {
+                if !self.orphans.remove(ino) {
+                    return Err(err(ErrorCode::InvalidArgument));
+                }
+                self.attrs.remove(ino);
+                self.extents.remove(ino);
+                self.reaped.push(*ino);
+                Ok(MetaReply::Empty)
+            }
+            MetaOp::SetXattr {
+                ino, name, value, ..
+            } => {
+                self.xattrs
+                    .entry(*ino)
+                    .or_default()
+                    .insert(name.clone(), value.clone());
+                Ok(MetaReply::Empty)
+            }
+            MetaOp::RemoveXattr { ino, name } => self
+                .xattrs
+                .get_mut(ino)
+                .and_then(|x| x.remove(name))
+                .map(|_| MetaReply::Empty)
+                .ok_or_else(|| err(ErrorCode::NoAttr)),
+            _ => Err(err(ErrorCode::NotPermitted)),
+        }
+    }
+
+    fn create(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        kind: &NewKind,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+    ) -> Result<MetaReply, RpcError> {
+        if self.dentries.contains_key(&(parent, name.to_vec())) {
+            return Err(err(ErrorCode::Exists));
+        }
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        let file_kind = match kind {
+            NewKind::File => FileKind::File,
+            NewKind::Dir => FileKind::Dir,
+            NewKind::Symlink { target } => {
+                self.links.insert(ino, target.clone());
+                FileKind::Symlink
+            }
+            _ => FileKind::Fifo,
+        };
+        let mut attr = self.new_attr(ino, file_kind, perm);
+        attr.uid = uid;
+        attr.gid = gid;
+        if file_kind == FileKind::Dir {
+            self.parents.insert(ino, parent);
+        }
+        self.attrs.insert(ino, attr.clone());
+        self.dentries.insert((parent, name.to_vec()), ino);
+        Ok(MetaReply::Attr(attr))
+    }
+
+    fn unlink(&mut self, parent: Ino, name: &[u8]) -> Result<MetaReply, RpcError> {
+        let ino = self
+            .dentries
+            .remove(&(parent, name.to_vec()))
+            .ok_or_else(|| err(ErrorCode::NotFound))?;
+        Ok(MetaReply::Removed {
+            orphan: self.drop_link(ino),
+        })
+    }
+
+    fn drop_link(&mut self, ino: Ino) -> Option<Ino> {
+        let attr = self.attrs.get_mut(&ino)?;
+        attr.nlink = attr.nlink.saturating_sub(1);
+        if attr.nlink == 0 || attr.kind == FileKind::Dir {
+            self.orphans.insert(ino);
+            return Some(ino);
+        }
+        None
+    }
+
+    fn rename(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<MetaReply, RpcError> {
+        let ino = self
+            .dentries
+            .remove(&(parent, name.to_vec()))
+            .ok_or_else(|| err(ErrorCode::NotFound))?;
+        let replaced = self.dentries.insert((new_parent, new_name.to_vec()), ino);
+        if mode != RenameMode::Replace && replaced.is_some() {
+            return Err(err(ErrorCode::InvalidArgument));
+        }
+        Ok(MetaReply::Removed {
+            orphan: replaced.and_then(|old| self.drop_link(old)),
+        })
+    }
+
+    /// Drops extent bytes at or past `size`.
+    fn truncate(&mut self, ino: Ino, size: u64) {
+        self.punch(ino, size, u64::MAX);
+    }
+
+    /// Removes the mapping of `[from, to)`, splitting extents that straddle its ends.
+    fn punch(&mut self, ino: Ino, from: u64, to: u64) {
+        let map = self.extents.entry(ino).or_default();
+        let hit: Vec<Extent> = map
+            .values()
+            .filter(|e| e.file_offset < to && e.end() > from)
+            .copied()
+            .collect();
+        for e in hit {
+            map.remove(&e.file_offset);
+            if e.file_offset < from {
+                let left = Extent {
+                    len: from - e.file_offset,
+                    ..e
+                };
+                map.insert(left.file_offset, left);
+            }
+            if e.end() > to {
+                let cut = to - e.file_offset;
+                let right = Extent {
+                    file_offset: to,
+                    len: e.len - cut,
+                    chunk: e.chunk,
+                    chunk_offset: e.chunk_offset + cut,
+                };
+                map.insert(right.file_offset, right);
+            }
+        }
+    }
+
+    fn write(&mut self, ino: Ino, extents: &[Extent]) -> Result<MetaReply, RpcError> {
+        if !self.attrs.contains_key(&ino) {
+            return Err(err(ErrorCode::NotFound));
+        }
+        for e in extents {
+            if !self.chunks.contains_key(&e.chunk) {
+                return Err(err(ErrorCode::Io));
+            }
+        }
+        self.writes.push((ino, extents.len()));
+        for e in extents {
+            self.punch(ino, e.file_offset, e.end());
+            self.extents
+                .entry(ino)
+                .or_default()
+                .insert(e.file_offset, *e);
+        }
+        let end = extents.iter().map(Extent::end).max().unwrap_or(0);
+        let now = self.now();
+        let allocated = self.extents[&ino].values().map(|e| e.len).sum();
+        let attr = self
+            .attrs
+            .get_mut(&ino)
+            .ok_or_else(|| err(ErrorCode::NotFound))?;
+        attr.size = attr.size.max(end);
+        attr.allocated_bytes = allocated;
+        attr.mtime = now;
+        Ok(MetaReply::Attr(attr.clone()))
+    }
+}

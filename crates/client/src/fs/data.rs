@@ -1,0 +1,485 @@
+//! The data path of [`PlaitFs`]: open, create, read, write, flush, release, truncation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use plait_proto::meta::{NewKind, SetAttr, TimeSet};
+use plait_proto::{
+    Attr, CHUNK_MAX_BYTES, ErrorCode, Extent, FILE_MAX_BYTES, Ino, MetaOp, MetaQuery, MetaReply,
+};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use super::dirty::DirtyBuffer;
+use super::extents::{ExtentWindow, assemble, chunks_needed, window_for};
+use super::inode::InodeEntry;
+use super::names::{OpenIntent, check_name, may_open};
+use super::{FsError, PlaitFs, WRITE_EXTENTS_MAX, expect_attr, lock, unexpected};
+
+/// Chunk uploads of one flush in flight at once.
+const PUT_IN_FLIGHT_MAX: usize = 4;
+
+/// Most flushes one write may run to get the mount's total of buffered bytes under its
+/// bound before it buffers its bytes anyway.
+const TOTAL_FLUSH_ROUNDS_MAX: usize = 8;
+
+impl PlaitFs {
+    /// Opens file `ino` and returns the handle; `truncate` (O_TRUNC) empties it first.
+    ///
+    /// No request is sent for a plain open: the cached extent map of the inode is dropped
+    /// (close-to-open), and the next read fetches the current one.
+    pub async fn open(&self, ino: Ino, truncate: bool) -> Result<u64, FsError> {
+        let fh = self.register_file(ino);
+        if truncate && let Err(e) = self.truncate_for_open(ino).await {
+            lock(&self.files).remove(&fh);
+            self.close_inode(ino).await;
+            return Err(e);
+        }
+        Ok(fh)
+    }
+
+    async fn truncate_for_open(&self, ino: Ino) -> Result<Attr, FsError> {
+        let set = SetAttr {
+            size: Some(0),
+            mtime: Some(TimeSet::Now),
+            ..SetAttr::default()
+        };
+        self.setattr(ino, set).await
+    }
+
+    /// Creates and opens regular file `parent/name`.
+    ///
+    /// If another mount created the name first and `intent` is not exclusive (no O_EXCL),
+    /// the existing file is opened instead, as open(2) with O_CREAT would; since the kernel
+    /// did not check permissions on that file, they are checked here against `uid`/`gid`.
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        intent: OpenIntent,
+    ) -> Result<(Attr, u64), FsError> {
+        check_name(name)?;
+        let op = MetaOp::Create {
+            parent,
+            name: name.to_vec(),
+            kind: NewKind::File,
+            perm: perm & 0o7777,
+            uid,
+            gid,
+        };
+        let attr = match self.client.meta(op).await {
+            Ok(reply) => expect_attr("Create", reply)?,
+            Err(e) if e.code == ErrorCode::Exists && !intent.exclusive => {
+                return self.open_existing(parent, name, uid, gid, intent).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let fh = self.open(attr.ino, false).await?;
+        Ok((attr, fh))
+    }
+
+    /// Opens the file another mount created under `parent/name` while we tried to.
+    async fn open_existing(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        uid: u32,
+        gid: u32,
+        intent: OpenIntent,
+    ) -> Result<(Attr, u64), FsError> {
+        let attr = self.lookup(parent, name).await?;
+        match attr.kind {
+            plait_proto::FileKind::File => {}
+            plait_proto::FileKind::Dir => {
+                return Err(FsError::code(ErrorCode::IsDir, "exists as a directory"));
+            }
+            _ => return Err(FsError::code(ErrorCode::Exists, "exists as a special file")),
+        }
+        let write = intent.write || intent.truncate;
+        if !may_open(&attr, uid, gid, intent.read, write) {
+            return Err(FsError::code(ErrorCode::AccessDenied, "permission denied"));
+        }
+        debug!(
+            parent,
+            ino = attr.ino,
+            "create raced with another mount; opening its file"
+        );
+        let fh = self.open(attr.ino, intent.truncate).await?;
+        if intent.truncate {
+            return Ok((self.getattr(attr.ino).await?, fh));
+        }
+        Ok((attr, fh))
+    }
+
+    /// Reads up to `size` bytes at `offset` of file `ino` through handle `fh`: committed
+    /// bytes with this mount's buffered bytes on top; holes read as zeros; a read past the
+    /// end returns fewer bytes (none at or past the end).
+    pub async fn read(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, FsError> {
+        self.check_file(ino, fh)?;
+        let len = u64::from(size);
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        // A transient entry when this mount holds no state (should not happen with a valid
+        // handle): the read then simply caches nothing.
+        let entry = self.inode_entry(ino).unwrap_or_default();
+        // The buffered bytes are captured *before* the extents are fetched: whatever a
+        // concurrent flush commits in between is either in this overlay or in the extents.
+        let (overlay, dirty_end, generation, cached) = {
+            let st = entry.lock();
+            let cached = st
+                .extents
+                .clone()
+                .filter(|w| w.covers(offset, offset.saturating_add(len)));
+            (
+                st.overlay_for(offset, len),
+                st.dirty_end(),
+                st.extent_gen,
+                cached,
+            )
+        };
+        let window = match cached {
+            Some(w) => w,
+            None => {
+                self.load_window(ino, &entry, generation, offset, len)
+                    .await?
+            }
+        };
+        let file_size = window.size.max(dirty_end.unwrap_or(0));
+        let end = offset.saturating_add(len).min(file_size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut buf = self.committed_bytes(&window, offset, end).await?;
+        buf.resize((end - offset) as usize, 0);
+        overlay.overlay(offset, &mut buf);
+        Ok(buf)
+    }
+
+    /// The committed bytes of `[offset, min(end, committed size))`.
+    async fn committed_bytes(
+        &self,
+        window: &ExtentWindow,
+        offset: u64,
+        end: u64,
+    ) -> Result<Vec<u8>, FsError> {
+        let committed_end = end.min(window.size);
+        if offset >= committed_end {
+            return Ok(Vec::new());
+        }
+        let ids = chunks_needed(&window.extents, offset, committed_end);
+        let chunks = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            self.chunks.get_many(ids).await?
+        };
+        let len = (committed_end - offset) as usize;
+        Ok(assemble(offset, len, &window.extents, &chunks)?)
+    }
+
+    /// Fetches the extent window covering `[offset, offset + len)` and caches it unless the
+    /// committed extents changed (generation moved) meanwhile.
+    async fn load_window(
+        &self,
+        ino: Ino,
+        entry: &InodeEntry,
+        generation: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Arc<ExtentWindow>, FsError> {
+        let (start, end) = window_for(offset, len);
+        let window = Arc::new(self.fetch_window(ino, start, end).await?);
+        let mut st = entry.lock();
+        if st.extent_gen == generation {
+            st.extents = Some(window.clone());
+        }
+        Ok(window)
+    }
+
+    /// The extents of `[start, end)`, asking again from the end of the last extent while
+    /// the service returns full pages (it caps the extents per reply).
+    async fn fetch_window(&self, ino: Ino, start: u64, end: u64) -> Result<ExtentWindow, FsError> {
+        let mut extents: Vec<Extent> = Vec::new();
+        let mut cursor = start;
+        loop {
+            let reply = self
+                .client
+                .query(MetaQuery::Extents {
+                    ino,
+                    offset: cursor,
+                    len: end - cursor,
+                })
+                .await?;
+            let MetaReply::Extents {
+                attr,
+                extents: page,
+            } = reply
+            else {
+                return Err(unexpected("Extents", &reply));
+            };
+            let next = page.last().map_or(cursor, Extent::end);
+            extents.extend(page.into_iter().filter(|e| e.end() > cursor));
+            if next <= cursor || next >= end || next >= attr.size {
+                return Ok(ExtentWindow {
+                    start,
+                    end,
+                    size: attr.size,
+                    extents,
+                });
+            }
+            cursor = next;
+        }
+    }
+
+    /// Buffers `data` at `offset` of file `ino` (handle `fh`) and returns its length.
+    ///
+    /// If the file's buffer or the mount's total would pass its bound, buffered bytes are
+    /// flushed first; if that flush fails, the write fails (and buffers nothing).
+    pub async fn write(&self, ino: Ino, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        self.check_file(ino, fh)?;
+        let written = u32::try_from(data.len())
+            .map_err(|_| FsError::code(ErrorCode::InvalidArgument, "write larger than 4 GiB"))?;
+        let len = u64::from(written);
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > FILE_MAX_BYTES)
+        {
+            return Err(FsError::code(
+                ErrorCode::FileTooBig,
+                "write past the largest file size",
+            ));
+        }
+        let entry = self.inode_entry_or_new(ino);
+        self.make_room(ino, &entry, len).await?;
+        let mut st = entry.lock();
+        let before = st.held_bytes();
+        st.dirty.write(offset, data);
+        self.account(before, st.held_bytes());
+        Ok(written)
+    }
+
+    /// Flushes until `len` more bytes fit under the per-file and the total bound.
+    async fn make_room(&self, ino: Ino, entry: &Arc<InodeEntry>, len: u64) -> Result<(), FsError> {
+        if entry.lock().held_bytes() + len > self.config.dirty_max_bytes {
+            self.flush_entry(ino, entry).await?;
+        }
+        for _ in 0..TOTAL_FLUSH_ROUNDS_MAX {
+            if self.dirty_total_bytes() + len <= self.config.dirty_total_max_bytes {
+                break;
+            }
+            let Some((victim, victim_entry)) = self.fullest_inode() else {
+                break;
+            };
+            self.flush_entry(victim, &victim_entry).await?;
+        }
+        Ok(())
+    }
+
+    /// The inode holding the most buffered bytes, if any holds some.
+    fn fullest_inode(&self) -> Option<(Ino, Arc<InodeEntry>)> {
+        lock(&self.inodes)
+            .iter()
+            .map(|(ino, entry)| (entry.lock().held_bytes(), *ino, entry.clone()))
+            .filter(|(held, _, _)| *held > 0)
+            .max_by_key(|(held, _, _)| *held)
+            .map(|(_, ino, entry)| (ino, entry))
+    }
+
+    /// Commits the bytes buffered for `ino` (FUSE flush, on every close).
+    pub async fn flush(&self, ino: Ino) -> Result<(), FsError> {
+        match self.inode_entry(ino) {
+            Some(entry) => self.flush_entry(ino, &entry).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Makes `ino`'s written bytes durable: once this returns, the chunks are stored and
+    /// the extents committed by a majority of the metadata group.
+    pub async fn fsync(&self, ino: Ino) -> Result<(), FsError> {
+        self.flush(ino).await
+    }
+
+    /// Closes file handle `fh` of `ino`: commits buffered bytes, and reaps the inode if it
+    /// was orphaned and this was its last handle. If the commit fails the bytes stay
+    /// buffered (a later flush retries) and the error is returned.
+    pub async fn release(&self, ino: Ino, fh: u64) -> Result<(), FsError> {
+        self.check_file(ino, fh)?;
+        lock(&self.files).remove(&fh);
+        let result = self.flush(ino).await;
+        if let Err(e) = &result {
+            warn!(ino, error = %e, "flush at release failed; the bytes stay buffered");
+        }
+        self.close_inode(ino).await;
+        result
+    }
+
+    /// fallocate(2) mode 0: makes the file at least `offset + len` bytes long.
+    pub async fn fallocate(&self, ino: Ino, offset: u64, len: u64) -> Result<(), FsError> {
+        let want = offset
+            .checked_add(len)
+            .filter(|end| *end <= FILE_MAX_BYTES)
+            .ok_or_else(|| FsError::code(ErrorCode::FileTooBig, "past the largest file size"))?;
+        if want > self.getattr(ino).await?.size {
+            let set = SetAttr {
+                size: Some(want),
+                ..SetAttr::default()
+            };
+            self.setattr(ino, set).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits every inode's buffered bytes (at unmount). Returns the first error after
+    /// trying them all.
+    pub async fn flush_all(&self) -> Result<(), FsError> {
+        let entries: Vec<(Ino, Arc<InodeEntry>)> = lock(&self.inodes)
+            .iter()
+            .map(|(ino, entry)| (*ino, entry.clone()))
+            .collect();
+        let mut first_error = None;
+        for (ino, entry) in entries {
+            if let Err(e) = self.flush_entry(ino, &entry).await {
+                warn!(ino, error = %e, "flush failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Drops buffered bytes of `entry` at or past `size`.
+    pub(super) fn trim_dirty(&self, entry: &InodeEntry, size: u64) {
+        let mut st = entry.lock();
+        let before = st.held_bytes();
+        st.dirty.truncate(size);
+        self.account(before, st.held_bytes());
+    }
+
+    /// Flushes `ino` under its flush lock, then forgets its state if it became idle.
+    async fn flush_entry(&self, ino: Ino, entry: &Arc<InodeEntry>) -> Result<(), FsError> {
+        let guard = entry.flush_lock.lock().await;
+        let result = self.flush_locked(ino, entry).await;
+        drop(guard);
+        self.forget_if_idle(ino);
+        result
+    }
+
+    /// The flush itself; the caller holds `entry.flush_lock`.
+    ///
+    /// The dirty bytes move to `flushing` (new writes start a fresh buffer), are cut into
+    /// chunks, uploaded, and committed as extents. Only then are they dropped; on failure
+    /// they go back under the newer writes.
+    pub(super) async fn flush_locked(&self, ino: Ino, entry: &InodeEntry) -> Result<(), FsError> {
+        let Some(snapshot) = begin_flush(entry) else {
+            return Ok(());
+        };
+        let result = self.upload_and_commit(ino, &snapshot).await;
+        self.finish_flush(ino, entry, snapshot, &result);
+        result
+    }
+
+    /// Settles a flush: drops the flushed bytes on success, restores them on failure (or
+    /// drops them if the file no longer exists), and forgets the cached extents.
+    fn finish_flush(
+        &self,
+        ino: Ino,
+        entry: &InodeEntry,
+        snapshot: Arc<DirtyBuffer>,
+        result: &Result<(), FsError>,
+    ) {
+        let mut st = entry.lock();
+        let before = st.held_bytes();
+        st.flushing = None;
+        match result {
+            Ok(()) => debug!(ino, bytes = snapshot.total_bytes(), "flushed"),
+            Err(e) if e.is_gone() => {
+                warn!(ino, error = %e, "file no longer exists; dropping its buffered bytes");
+                st.dirty = DirtyBuffer::new();
+            }
+            Err(_) => {
+                let newer = std::mem::take(&mut st.dirty);
+                let mut restored = Arc::unwrap_or_clone(snapshot);
+                restored.absorb_newer(&newer);
+                st.dirty = restored;
+            }
+        }
+        // Even a failed flush may have committed some of its extents.
+        st.invalidate_extents();
+        self.account(before, st.held_bytes());
+    }
+
+    /// Uploads the pieces of `snapshot` and commits their extents in `Write` ops of at most
+    /// [`WRITE_EXTENTS_MAX`] extents.
+    async fn upload_and_commit(
+        &self,
+        ino: Ino,
+        snapshot: &Arc<DirtyBuffer>,
+    ) -> Result<(), FsError> {
+        let extents = self.upload(snapshot).await?;
+        for batch in extents.chunks(WRITE_EXTENTS_MAX) {
+            self.client
+                .meta(MetaOp::Write {
+                    ino,
+                    extents: batch.to_vec(),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stores every piece of `snapshot` as a chunk, [`PUT_IN_FLIGHT_MAX`] at a time, and
+    /// returns the extents in offset order.
+    async fn upload(&self, snapshot: &Arc<DirtyBuffer>) -> Result<Vec<Extent>, FsError> {
+        let pieces = snapshot.pieces(CHUNK_MAX_BYTES as u64);
+        let mut extents = Vec::with_capacity(pieces.len());
+        let mut set = JoinSet::new();
+        let mut queue = pieces.into_iter();
+        loop {
+            while set.len() < PUT_IN_FLIGHT_MAX {
+                let Some(piece) = queue.next() else { break };
+                let data = snapshot
+                    .piece_bytes(piece)
+                    .ok_or_else(|| FsError::code(ErrorCode::Io, "flush piece outside its buffer"))?
+                    .to_vec();
+                let chunks = self.chunks.clone();
+                set.spawn(async move {
+                    let chunk = chunks.put(data).await?;
+                    Ok::<_, FsError>(Extent {
+                        file_offset: piece.file_offset,
+                        len: piece.len,
+                        chunk,
+                        chunk_offset: 0,
+                    })
+                });
+            }
+            let Some(joined) = set.join_next().await else {
+                break;
+            };
+            let extent = joined.map_err(|e| {
+                FsError::code(ErrorCode::Io, format!("chunk upload task failed: {e}"))
+            })??;
+            extents.push(extent);
+        }
+        extents.sort_by_key(|e| e.file_offset);
+        Ok(extents)
+    }
+}
+
+/// Moves the dirty bytes of `entry` to `flushing` and returns them, if there are any.
+fn begin_flush(entry: &InodeEntry) -> Option<Arc<DirtyBuffer>> {
+    let mut st = entry.lock();
+    if st.dirty.is_empty() {
+        return None;
+    }
+    let snapshot = Arc::new(std::mem::take(&mut st.dirty));
+    st.flushing = Some(snapshot.clone());
+    Some(snapshot)
+}

@@ -1,0 +1,411 @@
+//! End-to-end tests of [`PlaitFs`] against the in-memory fake cluster.
+
+use plait_proto::meta::{NewKind, SetAttr};
+use plait_proto::{CHUNK_MAX_BYTES, ErrorCode, Ino};
+
+use super::*;
+use crate::fake::{self, Fake, ROOT};
+
+const MIB: usize = 1024 * 1024;
+
+async fn mount(fake: &Fake, config: FsConfig) -> PlaitFs {
+    match PlaitFs::open_volume(fake::client(fake), "vol", config).await {
+        Ok(fs) => fs,
+        Err(e) => panic!("open_volume: {e}"),
+    }
+}
+
+async fn new_file(fs: &PlaitFs, name: &str) -> (Ino, u64) {
+    let intent = OpenIntent::from_flags(libc::O_RDWR | libc::O_CREAT);
+    let (attr, fh) = fs
+        .create(ROOT, name.as_bytes(), 0o644, 0, 0, intent)
+        .await
+        .unwrap();
+    (attr.ino, fh)
+}
+
+fn state(fake: &Fake) -> std::sync::MutexGuard<'_, fake::FakeState> {
+    fake.lock().unwrap()
+}
+
+#[tokio::test]
+async fn writes_are_read_back_before_and_after_flush() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&fs, "f").await;
+    assert_eq!(fs.write(ino, fh, 0, b"hello").await.unwrap(), 5);
+    assert!(
+        state(&fake).writes.is_empty(),
+        "nothing committed before flush"
+    );
+    assert_eq!(fs.read(ino, fh, 0, 100).await.unwrap(), b"hello");
+    assert_eq!(fs.getattr(ino).await.unwrap().size, 5);
+    assert_eq!(fs.dirty_total_bytes(), 5);
+
+    fs.flush(ino).await.unwrap();
+    assert_eq!(state(&fake).file_bytes(ino), b"hello");
+    assert_eq!(state(&fake).writes, vec![(ino, 1)]);
+    assert_eq!(fs.dirty_total_bytes(), 0);
+    assert_eq!(fs.read(ino, fh, 1, 3).await.unwrap(), b"ell");
+    fs.release(ino, fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn dirty_bytes_overlay_committed_data_and_holes() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&fs, "f").await;
+    fs.write(ino, fh, 0, b"aaaaaaaaaa").await.unwrap();
+    fs.flush(ino).await.unwrap();
+    fs.write(ino, fh, 3, b"XY").await.unwrap();
+    fs.write(ino, fh, 20, b"zz").await.unwrap();
+    assert_eq!(fs.getattr(ino).await.unwrap().size, 22);
+    let mut want = b"aaaXYaaaaa".to_vec();
+    want.extend_from_slice(&[0; 10]);
+    want.extend_from_slice(b"zz");
+    assert_eq!(fs.read(ino, fh, 0, 4096).await.unwrap(), want);
+    // Past the end: short, then empty.
+    assert_eq!(fs.read(ino, fh, 21, 10).await.unwrap(), b"z");
+    assert!(fs.read(ino, fh, 22, 10).await.unwrap().is_empty());
+
+    fs.release(ino, fh).await.unwrap();
+    assert_eq!(state(&fake).file_bytes(ino), want);
+}
+
+#[tokio::test]
+async fn a_large_file_is_cut_at_chunk_boundaries_in_one_commit() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&fs, "big").await;
+    let data: Vec<u8> = (0..9 * MIB).map(|i| (i % 251) as u8).collect();
+    for (i, piece) in data.chunks(MIB).enumerate() {
+        fs.write(ino, fh, (i * MIB) as u64, piece).await.unwrap();
+    }
+    fs.flush(ino).await.unwrap();
+    {
+        let st = state(&fake);
+        assert_eq!(
+            st.writes,
+            vec![(ino, 3)],
+            "9 MiB = 3 aligned chunks, one Write op"
+        );
+        let lens: Vec<u64> = st.extents[&ino].values().map(|e| e.len).collect();
+        let chunk = CHUNK_MAX_BYTES as u64;
+        assert_eq!(lens, vec![chunk, chunk, MIB as u64]);
+        assert_eq!(st.file_bytes(ino), data);
+    }
+    // Read back across the chunk boundary (through the cache).
+    let at = CHUNK_MAX_BYTES as u64 - 10;
+    let got = fs.read(ino, fh, at, 20).await.unwrap();
+    assert_eq!(got, &data[at as usize..at as usize + 20]);
+}
+
+#[tokio::test]
+async fn per_file_bound_flushes_before_buffering_more() {
+    let fake = fake::new_fake();
+    let config = FsConfig {
+        dirty_max_bytes: 1000,
+        ..FsConfig::default()
+    };
+    let fs = mount(&fake, config).await;
+    let (ino, fh) = new_file(&fs, "f").await;
+    fs.write(ino, fh, 0, &[1; 600]).await.unwrap();
+    assert!(state(&fake).writes.is_empty());
+    fs.write(ino, fh, 600, &[2; 600]).await.unwrap();
+    assert_eq!(state(&fake).writes.len(), 1, "first 600 bytes flushed");
+    assert_eq!(fs.dirty_total_bytes(), 600);
+    let got = fs.read(ino, fh, 0, 2000).await.unwrap();
+    assert_eq!(&got[..600], &[1; 600][..]);
+    assert_eq!(&got[600..], &[2; 600][..]);
+}
+
+#[tokio::test]
+async fn total_bound_flushes_the_fullest_file() {
+    let fake = fake::new_fake();
+    let config = FsConfig {
+        dirty_total_max_bytes: 1000,
+        ..FsConfig::default()
+    };
+    let fs = mount(&fake, config).await;
+    let (a, fa) = new_file(&fs, "a").await;
+    let (b, fb) = new_file(&fs, "b").await;
+    fs.write(a, fa, 0, &[1; 700]).await.unwrap();
+    fs.write(b, fb, 0, &[2; 600]).await.unwrap();
+    assert_eq!(state(&fake).writes, vec![(a, 1)]);
+    assert_eq!(fs.dirty_total_bytes(), 600);
+    assert!(fs.dirty_total_bytes() <= 1000);
+}
+
+#[tokio::test]
+async fn a_failed_flush_keeps_the_bytes_and_reports_the_error() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&fs, "f").await;
+    fs.write(ino, fh, 0, b"precious").await.unwrap();
+    state(&fake).fail_puts = Some(ErrorCode::NoSpace);
+    let err = fs.flush(ino).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOSPC);
+    // Writes that arrived meanwhile win over the restored bytes.
+    fs.write(ino, fh, 0, b"P").await.unwrap();
+    assert_eq!(fs.read(ino, fh, 0, 100).await.unwrap(), b"Precious");
+    assert_eq!(fs.dirty_total_bytes(), 8);
+    // Close reports the error too, and the bytes survive it.
+    assert!(fs.release(ino, fh).await.is_err());
+    state(&fake).fail_puts = None;
+    fs.flush(ino).await.unwrap();
+    assert_eq!(state(&fake).file_bytes(ino), b"Precious");
+    assert_eq!(fs.dirty_total_bytes(), 0);
+}
+
+#[tokio::test]
+async fn an_orphan_is_reaped_at_its_last_release() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (ino, fh1) = new_file(&fs, "f").await;
+    let fh2 = fs.open(ino, false).await.unwrap();
+    fs.write(ino, fh1, 0, b"data").await.unwrap();
+    fs.unlink(ROOT, b"f").await.unwrap();
+    assert!(state(&fake).reaped.is_empty());
+    fs.release(ino, fh1).await.unwrap();
+    assert!(state(&fake).reaped.is_empty());
+    // Still readable through the remaining handle.
+    assert_eq!(fs.read(ino, fh2, 0, 10).await.unwrap(), b"data");
+    fs.release(ino, fh2).await.unwrap();
+    assert_eq!(state(&fake).reaped, vec![ino]);
+}
+
+#[tokio::test]
+async fn an_orphan_not_open_here_is_reaped_at_once() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&fs, "f").await;
+    fs.release(ino, fh).await.unwrap();
+    fs.unlink(ROOT, b"f").await.unwrap();
+    assert_eq!(state(&fake).reaped, vec![ino]);
+    // A rename replacing a target orphans it as well.
+    let (a, fa) = new_file(&fs, "a").await;
+    let (b, fb) = new_file(&fs, "b").await;
+    fs.release(a, fa).await.unwrap();
+    fs.release(b, fb).await.unwrap();
+    fs.rename(ROOT, b"a", ROOT, b"b", RenameMode::Replace)
+        .await
+        .unwrap();
+    assert_eq!(state(&fake).reaped, vec![ino, b]);
+}
+
+#[tokio::test]
+async fn truncation_drops_buffered_bytes_past_the_new_size() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&fs, "f").await;
+    fs.write(ino, fh, 0, &[9; 100]).await.unwrap();
+    let set = SetAttr {
+        size: Some(10),
+        ..SetAttr::default()
+    };
+    assert_eq!(fs.setattr(ino, set).await.unwrap().size, 10);
+    assert_eq!(state(&fake).file_bytes(ino), vec![9; 10]);
+    assert_eq!(fs.read(ino, fh, 0, 100).await.unwrap(), vec![9; 10]);
+    // Growing leaves a hole.
+    let set = SetAttr {
+        size: Some(20),
+        ..SetAttr::default()
+    };
+    fs.setattr(ino, set).await.unwrap();
+    let mut want = vec![9; 10];
+    want.extend_from_slice(&[0; 10]);
+    assert_eq!(fs.read(ino, fh, 0, 100).await.unwrap(), want);
+}
+
+#[tokio::test]
+async fn open_with_truncate_empties_the_file() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&fs, "f").await;
+    fs.write(ino, fh, 0, b"old contents").await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    let fh = fs.open(ino, true).await.unwrap();
+    assert_eq!(fs.getattr(ino).await.unwrap().size, 0);
+    assert!(fs.read(ino, fh, 0, 100).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn extent_replies_are_paged() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&fs, "f").await;
+    let mut want = vec![0u8; 50];
+    for i in 0..5u8 {
+        let at = u64::from(i) * 10;
+        fs.write(ino, fh, at, &[b'a' + i; 5]).await.unwrap();
+        fs.flush(ino).await.unwrap();
+        want[at as usize..at as usize + 5].copy_from_slice(&[b'a' + i; 5]);
+    }
+    fs.write(ino, fh, 45, &[b'z'; 5]).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    want[45..].copy_from_slice(&[b'z'; 5]);
+    state(&fake).extents_page_max = 2;
+    let fh = fs.open(ino, false).await.unwrap();
+    let before = state(&fake).extent_queries;
+    assert_eq!(fs.read(ino, fh, 0, 4096).await.unwrap(), want);
+    assert_eq!(
+        state(&fake).extent_queries - before,
+        3,
+        "6 extents, pages of 2"
+    );
+    // The window is cached: a second read asks nothing.
+    assert_eq!(fs.read(ino, fh, 0, 4096).await.unwrap(), want);
+    assert_eq!(state(&fake).extent_queries - before, 3);
+}
+
+#[tokio::test]
+async fn close_to_open_between_two_mounts() {
+    let fake = fake::new_fake();
+    let one = mount(&fake, FsConfig::default()).await;
+    let two = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&one, "shared").await;
+    one.write(ino, fh, 0, b"version 1").await.unwrap();
+    one.release(ino, fh).await.unwrap();
+
+    let fh2 = two.open(ino, false).await.unwrap();
+    assert_eq!(two.read(ino, fh2, 0, 100).await.unwrap(), b"version 1");
+
+    let fh = one.open(ino, false).await.unwrap();
+    one.write(ino, fh, 0, b"VERSION 2").await.unwrap();
+    one.release(ino, fh).await.unwrap();
+
+    two.release(ino, fh2).await.unwrap();
+    let fh2 = two.open(ino, false).await.unwrap();
+    assert_eq!(two.read(ino, fh2, 0, 100).await.unwrap(), b"VERSION 2");
+}
+
+#[tokio::test]
+async fn chunks_are_cached_and_verified() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&fs, "f").await;
+    let data = vec![5u8; 2 * MIB];
+    fs.write(ino, fh, 0, &data).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    // 2 MiB is above the write-cache limit: the first read fetches, the second does not.
+    let fh = fs.open(ino, false).await.unwrap();
+    fs.read(ino, fh, 0, 4096).await.unwrap();
+    fs.read(ino, fh, 4096, 4096).await.unwrap();
+    assert_eq!(state(&fake).chunk_gets, 1);
+    assert!(fs.cached_bytes() >= data.len() as u64);
+
+    // A corrupt copy on the node is never returned.
+    let fresh = mount(&fake, FsConfig::default()).await;
+    for bytes in state(&fake).chunks.values_mut() {
+        if let Some(b) = bytes.first_mut() {
+            *b ^= 0xFF;
+        }
+    }
+    let fh = fresh.open(ino, false).await.unwrap();
+    let err = fresh.read(ino, fh, 0, 10).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+}
+
+#[tokio::test]
+async fn readdir_pages_and_snapshots() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let dir = fs
+        .create_node(ROOT, b"d", NewKind::Dir, 0o755, 0, 0)
+        .await
+        .unwrap();
+    for i in 0..1500 {
+        fs.create_node(
+            dir.ino,
+            format!("e{i:05}").as_bytes(),
+            NewKind::File,
+            0o644,
+            0,
+            0,
+        )
+        .await
+        .unwrap();
+    }
+    let fh = fs.opendir(dir.ino).await.unwrap();
+    let listing = fs.dir_listing(fh).unwrap();
+    assert_eq!(listing.len(), 1502);
+    assert_eq!(listing.slot(0), Some(DirSlot::Dot(dir.ino)));
+    assert_eq!(listing.slot(1), Some(DirSlot::DotDot(ROOT)));
+    assert!(matches!(listing.slot(1501), Some(DirSlot::Entry(e)) if e.name == b"e01499"));
+    // The snapshot does not change under the handle.
+    fs.unlink(dir.ino, b"e00000").await.unwrap();
+    assert_eq!(fs.dir_listing(fh).unwrap().len(), 1502);
+    fs.releasedir(fh).unwrap();
+    assert!(matches!(fs.dir_listing(fh), Err(FsError::BadHandle(_))));
+    // The root lists itself as its parent.
+    let fh = fs.opendir(ROOT).await.unwrap();
+    assert_eq!(
+        fs.dir_listing(fh).unwrap().slot(1),
+        Some(DirSlot::DotDot(ROOT))
+    );
+}
+
+#[tokio::test]
+async fn create_opens_a_file_another_mount_created_unless_exclusive() {
+    let fake = fake::new_fake();
+    let one = mount(&fake, FsConfig::default()).await;
+    let two = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&one, "f").await;
+    one.write(ino, fh, 0, b"abc").await.unwrap();
+    one.release(ino, fh).await.unwrap();
+
+    let excl = OpenIntent::from_flags(libc::O_RDWR | libc::O_CREAT | libc::O_EXCL);
+    let err = two.create(ROOT, b"f", 0o644, 0, 0, excl).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EEXIST);
+
+    let plain = OpenIntent::from_flags(libc::O_RDWR | libc::O_CREAT);
+    let (attr, fh) = two.create(ROOT, b"f", 0o644, 0, 0, plain).await.unwrap();
+    assert_eq!(attr.ino, ino);
+    assert_eq!(two.read(ino, fh, 0, 10).await.unwrap(), b"abc");
+
+    // Another user without write permission is refused.
+    let err = two
+        .create(ROOT, b"f", 0o644, 1000, 1000, plain)
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::EACCES);
+}
+
+#[tokio::test]
+async fn bad_names_and_handles_fail_locally() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let long = vec![b'x'; 256];
+    let err = fs.lookup(ROOT, &long).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENAMETOOLONG);
+    let err = fs
+        .create_node(ROOT, &long, NewKind::Dir, 0o755, 0, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::ENAMETOOLONG);
+    let err = fs.read(ROOT, 999, 0, 1).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EBADF);
+    assert_eq!(fs.lookup(ROOT, b"..").await.unwrap().ino, ROOT);
+    assert_eq!(fs.lookup(ROOT, b".").await.unwrap().ino, ROOT);
+}
+
+#[tokio::test]
+async fn xattrs_statfs_and_fallocate() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&fs, "f").await;
+    fs.setxattr(ino, b"user.a", b"1", XattrMode::Upsert)
+        .await
+        .unwrap();
+    assert_eq!(fs.getxattr(ino, b"user.a").await.unwrap(), b"1");
+    assert_eq!(fs.listxattr(ino).await.unwrap(), vec![b"user.a".to_vec()]);
+    fs.removexattr(ino, b"user.a").await.unwrap();
+    let err = fs.getxattr(ino, b"user.a").await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENODATA);
+    assert_eq!(fs.statfs().await.unwrap().total_bytes, 1 << 30);
+    fs.fallocate(ino, 100, 50).await.unwrap();
+    assert_eq!(fs.getattr(ino).await.unwrap().size, 150);
+    fs.fallocate(ino, 0, 10).await.unwrap();
+    assert_eq!(fs.getattr(ino).await.unwrap().size, 150);
+    fs.release(ino, fh).await.unwrap();
+}
