@@ -409,7 +409,12 @@ fn down(dir: &Path) -> Result<()> {
             }
         }
     }
-    std::fs::remove_file(state_path(dir))?;
+    match std::fs::remove_file(state_path(dir)) {
+        Ok(()) => {}
+        // Another `down` finished first: the playground is down either way.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
     println!("playground in {} is down", dir.display());
     Ok(())
 }

@@ -39,6 +39,30 @@ impl<'a> DbView<'a> {
         }
         ro
     }
+
+    /// Read options for an iterator confined to keys starting with `prefix`: bounding
+    /// the iterator lets RocksDB stop at the prefix instead of walking the tombstones
+    /// that lie past it.
+    fn prefix_opts(&self, prefix: &[u8]) -> ReadOptions {
+        let mut ro = self.read_opts();
+        ro.set_iterate_lower_bound(prefix.to_vec());
+        if let Some(upper) = prefix_successor(prefix) {
+            ro.set_iterate_upper_bound(upper);
+        }
+        ro
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, if one exists.
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last < u8::MAX {
+            upper.push(last + 1);
+            return Some(upper);
+        }
+    }
+    None
 }
 
 fn io(e: rocksdb::Error) -> MetaStoreError {
@@ -58,7 +82,7 @@ impl KvRead for DbView<'_> {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MetaStoreError> {
-        let mut it = self.db.raw_iterator_cf_opt(self.cf, self.read_opts());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf, self.prefix_opts(prefix));
         match after {
             Some(a) => {
                 it.seek(a);
@@ -88,7 +112,7 @@ impl KvRead for DbView<'_> {
         prefix: &[u8],
         key: &[u8],
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>, MetaStoreError> {
-        let mut it = self.db.raw_iterator_cf_opt(self.cf, self.read_opts());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf, self.prefix_opts(prefix));
         it.seek_for_prev(key);
         it.status().map_err(io)?;
         if !it.valid() {
@@ -98,5 +122,18 @@ impl KvRead for DbView<'_> {
             (Some(k), Some(v)) if k.starts_with(prefix) => Ok(Some((k.to_vec(), v.to_vec()))),
             _ => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_successor;
+
+    #[test]
+    fn successor_of_prefixes() {
+        assert_eq!(prefix_successor(b"E\x00\x01"), Some(b"E\x00\x02".to_vec()));
+        assert_eq!(prefix_successor(b"E\xff\xff"), Some(b"F".to_vec()));
+        assert_eq!(prefix_successor(b"\xff"), None);
+        assert_eq!(prefix_successor(b""), None);
     }
 }

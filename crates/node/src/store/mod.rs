@@ -21,6 +21,9 @@ pub(crate) const CF_RAFT: &str = "raft";
 pub(crate) const CF_STATE: &str = "state";
 pub(crate) const CF_SM: &str = "sm";
 
+/// Size of each column family's memtable, in bytes.
+const MEMTABLE_BYTES: usize = 8 * 1024 * 1024;
+
 /// Errors opening or using the node's database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -47,11 +50,14 @@ impl Db {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // Bound memory: small write buffers, a few background jobs on our 2 cores.
-        opts.set_write_buffer_size(32 * 1024 * 1024);
         opts.set_max_background_jobs(2);
-        let cfs = [CF_LOG, CF_RAFT, CF_STATE, CF_SM]
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let cfs = [CF_LOG, CF_RAFT, CF_STATE, CF_SM].into_iter().map(|name| {
+            let mut cf_opts = Options::default();
+            // Small memtables: metadata ops rewrite and delete the same keys often, and
+            // iterators must step over every shadowed version still in the memtable.
+            cf_opts.set_write_buffer_size(MEMTABLE_BYTES);
+            ColumnFamilyDescriptor::new(name, cf_opts)
+        });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         for name in [CF_LOG, CF_RAFT, CF_STATE, CF_SM] {
             if db.cf_handle(name).is_none() {
