@@ -84,11 +84,23 @@ fsync = 1
 fdatasync = 1
 posix_fallocate = 0
 TOML
+# Seeds run side by side on separate files: fsx waits on round trips far more than it
+# computes, so this keeps the wall time of CI down without weakening the test.
+pids=()
 for seed in $FSX_SEEDS; do
   mkdir -p "$WORK/fsx-$seed"
-  if ! fsx -f "$WORK/fsx.toml" -N "$FSX_OPS" -S "$seed" -P "$WORK/fsx-$seed" "$MNT/fsx-$seed.bin" > "$RESULTS/fsx-$seed.log" 2>&1; then
-    echo "fsx seed $seed FAILED"; tail -40 "$RESULTS/fsx-$seed.log"; exit 1
-  fi
-  echo "fsx seed $seed: $FSX_OPS ops ok"
+  fsx -f "$WORK/fsx.toml" -N "$FSX_OPS" -S "$seed" -P "$WORK/fsx-$seed" "$MNT/fsx-$seed.bin" \
+    > "$RESULTS/fsx-$seed.log" 2>&1 &
+  pids+=("$!:$seed")
 done
+fsx_failed=0
+for entry in "${pids[@]}"; do
+  pid=${entry%%:*}; seed=${entry#*:}
+  if wait "$pid"; then
+    echo "fsx seed $seed: $FSX_OPS ops ok"
+  else
+    echo "fsx seed $seed FAILED"; tail -40 "$RESULTS/fsx-$seed.log"; fsx_failed=1
+  fi
+done
+[ "$fsx_failed" = 0 ] || exit 1
 echo "conformance: pass"

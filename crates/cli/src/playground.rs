@@ -382,31 +382,32 @@ async fn status(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Stops a process: SIGTERM, then SIGKILL if it is still there after the grace period.
+fn stop_process(pid: u32) {
+    if !alive(pid) {
+        return;
+    }
+    kill(pid, libc::SIGTERM);
+    if !wait_exit(pid, Duration::from_millis(STOP_GRACE_MS)) {
+        kill(pid, libc::SIGKILL);
+        wait_exit(pid, Duration::from_millis(STOP_GRACE_MS));
+    }
+}
+
 fn down(dir: &Path) -> Result<()> {
     let mut state = load(dir)?;
     for m in &state.mounts {
-        if mount::is_plait_mount(&m.path) {
-            if let Err(e) = mount::unmount(&m.path) {
-                eprintln!("warning: {e:#}");
-            }
+        if mount::is_plait_mount(&m.path)
+            && let Err(e) = mount::unmount(&m.path)
+        {
+            eprintln!("warning: {e:#}");
         }
-        if alive(m.pid) {
-            kill(m.pid, libc::SIGTERM);
-            if !wait_exit(m.pid, Duration::from_millis(STOP_GRACE_MS)) {
-                kill(m.pid, libc::SIGKILL);
-            }
-        }
+        stop_process(m.pid);
     }
     state.mounts.clear();
     for n in &mut state.nodes {
         if let Some(pid) = n.pid.take() {
-            if alive(pid) {
-                kill(pid, libc::SIGTERM);
-                if !wait_exit(pid, Duration::from_millis(STOP_GRACE_MS)) {
-                    kill(pid, libc::SIGKILL);
-                    wait_exit(pid, Duration::from_millis(STOP_GRACE_MS));
-                }
-            }
+            stop_process(pid);
         }
     }
     match std::fs::remove_file(state_path(dir)) {

@@ -141,9 +141,14 @@ impl<R: KvRead> Applier<'_, R> {
         self.txn.delete(keys::dentry(parent, name));
     }
 
-    fn put_extent(&mut self, ino: Ino, offset: u64, e: &ExtentRec) -> OpResult<()> {
-        debug_assert!(e.len > 0, "empty extent at {offset} of inode {ino}");
-        self.put(keys::extent(ino, offset), e)
+    /// Stores extent `e` of `ino` ending at `end` (its key holds the end, not the start).
+    fn put_extent(&mut self, ino: Ino, end: u64, e: &ExtentRec) -> OpResult<()> {
+        debug_assert!(
+            e.len > 0 && e.len <= end,
+            "extent of {} bytes ending at {end} of inode {ino}",
+            e.len
+        );
+        self.put(keys::extent(ino, end), e)
     }
 
     // ---- counters ------------------------------------------------------------------
@@ -207,69 +212,45 @@ impl<R: KvRead> Applier<'_, R> {
     /// (both halves keep referencing its chunk). Returns the bytes no longer covered.
     fn punch(&mut self, ino: Ino, start: u64, end: u64) -> OpResult<u64> {
         debug_assert!(start < end, "empty punch [{start}, {end}) on inode {ino}");
-        let mut removed = self.punch_head(ino, start, end)?;
-        loop {
-            let page = read::extents_from(&self.txn, ino, start, read::PAGE_ENTRIES)?;
-            let full = page.len() == read::PAGE_ENTRIES;
-            for (offset, e) in page {
-                if offset >= end {
-                    return Ok(removed);
-                }
-                removed = removed.saturating_add(self.punch_one(ino, offset, &e, end)?);
-            }
-            if !full {
-                return Ok(removed);
-            }
+        let mut removed = 0u64;
+        let mut overlapping = read::Overlapping::new(ino, start, end);
+        while let Some(e) = overlapping.next(&self.txn)? {
+            removed = removed.saturating_add(self.punch_one(ino, &e, start, end)?);
         }
+        Ok(removed)
     }
 
-    /// The part of `punch` for an extent that starts before `start` and reaches into the
-    /// range.
-    fn punch_head(&mut self, ino: Ino, start: u64, end: u64) -> OpResult<u64> {
-        let Some(before) = start.checked_sub(1) else {
-            return Ok(0);
-        };
-        let Some((offset, e)) = read::extent_at_or_before(&self.txn, ino, before)? else {
-            return Ok(0);
-        };
-        let e_end = offset.saturating_add(e.len);
-        if e_end <= start {
-            return Ok(0);
+    /// The part of `punch` for one extent overlapping `[start, end)`: a part before
+    /// `start` stays (now ending at `start`, so under a new key), a part past `end` stays
+    /// (under the extent's key, which holds its end); with neither the extent goes, with
+    /// both it is split and its chunk gains a reference. Every key written is at or below
+    /// the extent's own, as [`read::Overlapping`] requires. Returns the bytes removed.
+    fn punch_one(&mut self, ino: Ino, e: &read::FileExtent, start: u64, end: u64) -> OpResult<u64> {
+        let keeps_head = e.start < start;
+        let keeps_tail = e.end > end;
+        if keeps_head {
+            let head = ExtentRec {
+                len: start - e.start,
+                ..e.rec
+            };
+            self.put_extent(ino, start, &head)?;
         }
-        let left = ExtentRec {
-            len: start - offset,
-            ..e
-        };
-        self.put_extent(ino, offset, &left)?;
-        if e_end <= end {
-            return Ok(e_end - start);
+        if keeps_tail {
+            let tail = ExtentRec {
+                len: e.end - end,
+                chunk: e.rec.chunk,
+                chunk_offset: e.rec.chunk_offset.saturating_add(end - e.start),
+            };
+            self.put_extent(ino, e.end, &tail)?;
+        } else {
+            self.txn.delete(keys::extent(ino, e.end));
         }
-        let right = ExtentRec {
-            len: e_end - end,
-            chunk: e.chunk,
-            chunk_offset: e.chunk_offset.saturating_add(end - offset),
-        };
-        self.put_extent(ino, end, &right)?;
-        self.chunk_incref(&e.chunk)?;
-        Ok(end.saturating_sub(start))
-    }
-
-    /// The part of `punch` for an extent starting at `offset` inside the range: removed,
-    /// or cut down to the part past `end`.
-    fn punch_one(&mut self, ino: Ino, offset: u64, e: &ExtentRec, end: u64) -> OpResult<u64> {
-        self.txn.delete(keys::extent(ino, offset));
-        let e_end = offset.saturating_add(e.len);
-        if e_end <= end {
-            self.chunk_decref(&e.chunk)?;
-            return Ok(e.len);
+        match (keeps_head, keeps_tail) {
+            (true, true) => self.chunk_incref(&e.rec.chunk)?,
+            (false, false) => self.chunk_decref(&e.rec.chunk)?,
+            _ => {}
         }
-        let tail = ExtentRec {
-            len: e_end - end,
-            chunk: e.chunk,
-            chunk_offset: e.chunk_offset.saturating_add(end - offset),
-        };
-        self.put_extent(ino, end, &tail)?;
-        Ok(end - offset)
+        Ok(e.end.min(end) - e.start.max(start))
     }
 
     // ---- whole-inode removal ------------------------------------------------------
@@ -523,7 +504,7 @@ impl<R: KvRead> Applier<'_, R> {
                 chunk: e.chunk,
                 chunk_offset: e.chunk_offset,
             };
-            self.put_extent(ino, e.file_offset, &new)?;
+            self.put_extent(ino, e.end(), &new)?;
             added = added.saturating_add(e.len);
             end = end.max(e.end());
         }

@@ -9,7 +9,7 @@ use crate::StoreError;
 pub(crate) const INODE: u8 = b'I';
 /// Directory entry: `D` + parent ino + name.
 pub(crate) const DENTRY: u8 = b'D';
-/// Extent: `E` + ino + file offset.
+/// Extent: `E` + ino + end offset (exclusive: file offset + length).
 pub(crate) const EXTENT: u8 = b'E';
 /// Extended attribute: `X` + ino + name.
 pub(crate) const XATTR: u8 = b'X';
@@ -61,10 +61,15 @@ pub(crate) fn extent_prefix(ino: Ino) -> Vec<u8> {
     with_ino(EXTENT, ino, 0)
 }
 
-/// Key of the extent of `ino` starting at `offset`.
-pub(crate) fn extent(ino: Ino, offset: u64) -> Vec<u8> {
+/// Key of the extent of `ino` ending at `end` (exclusive).
+///
+/// Extents are keyed by their end, not their start, so that the extents overlapping a
+/// range `[start, ..)` are found by one forward seek: the first of them is the first key
+/// after `extent(ino, start)`. (Keyed by start, the one reaching into the range from the
+/// left needs a reverse seek, which is slow over the tombstones of rewritten extents.)
+pub(crate) fn extent(ino: Ino, end: u64) -> Vec<u8> {
     let mut k = with_ino(EXTENT, ino, 8);
-    k.extend_from_slice(&offset.to_be_bytes());
+    k.extend_from_slice(&end.to_be_bytes());
     k
 }
 
@@ -122,8 +127,8 @@ fn corrupt_key(what: &str, key: &[u8]) -> StoreError {
     StoreError::Corrupt(format!("malformed {what} key {key:02x?}"))
 }
 
-/// The file offset of an extent key.
-pub(crate) fn extent_offset(key: &[u8]) -> Result<u64, StoreError> {
+/// The end offset (exclusive) of an extent key.
+pub(crate) fn extent_end(key: &[u8]) -> Result<u64, StoreError> {
     key.get(INO_PREFIX_BYTES..)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(u64::from_be_bytes)
@@ -169,7 +174,7 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        assert_eq!(extent_offset(&extent(3, 12_345)).unwrap(), 12_345);
+        assert_eq!(extent_end(&extent(3, 12_345)).unwrap(), 12_345);
         assert_eq!(name_after_ino(&dentry(3, b"abc")).unwrap(), b"abc");
         assert_eq!(name_after_ino(&xattr(3, b"user.x")).unwrap(), b"user.x");
         let c = ChunkId([9; 32]);
@@ -180,7 +185,7 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_corrupt() {
-        assert!(extent_offset(b"E123").is_err());
+        assert!(extent_end(b"E123").is_err());
         assert!(chunk_of(b"C").is_err());
         assert!(name_after_ino(b"D12").is_err());
         assert!(volume_name(&[b'V', 0xff]).is_err());

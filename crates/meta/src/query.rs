@@ -113,35 +113,22 @@ fn extents(r: &impl KvRead, ino: Ino, offset: u64, len: u64) -> OpResult<MetaRep
     read::require_file(&rec, ino)?;
     let end = offset.saturating_add(len);
     let mut out = Vec::new();
-    if len > 0 {
-        if let Some((off, e)) = read::extent_at_or_before(r, ino, offset)?
-            && off.saturating_add(e.len) > offset
-        {
-            out.push(to_extent(off, &e));
-        }
-        if let Some(next) = offset.checked_add(1) {
-            let room = EXTENTS_MAX_PER_QUERY.saturating_sub(out.len());
-            let rest = read::extents_from(r, ino, next, room)?;
-            out.extend(
-                rest.iter()
-                    .take_while(|(off, _)| *off < end)
-                    .map(|(off, e)| to_extent(*off, e)),
-            );
-        }
+    let mut overlapping = read::Overlapping::new(ino, offset, end);
+    while out.len() < EXTENTS_MAX_PER_QUERY {
+        let Some(e) = overlapping.next(r)? else {
+            break;
+        };
+        out.push(Extent {
+            file_offset: e.start,
+            len: e.rec.len,
+            chunk: e.rec.chunk,
+            chunk_offset: e.rec.chunk_offset,
+        });
     }
     Ok(MetaReply::Extents {
         attr: rec.attr(ino),
         extents: out,
     })
-}
-
-fn to_extent(file_offset: u64, e: &crate::records::ExtentRec) -> Extent {
-    Extent {
-        file_offset,
-        len: e.len,
-        chunk: e.chunk,
-        chunk_offset: e.chunk_offset,
-    }
 }
 
 fn get_xattr(r: &impl KvRead, ino: Ino, name: &[u8]) -> OpResult<MetaReply> {

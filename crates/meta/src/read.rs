@@ -1,6 +1,8 @@
 //! Typed reads shared by ops and queries: decode what a key holds, and refuse with the
 //! errno Linux would give when it is missing or of the wrong kind.
 
+use std::collections::VecDeque;
+
 use plait_proto::{ChunkId, ErrorCode, FileKind, Ino};
 use serde::de::DeserializeOwned;
 
@@ -109,33 +111,104 @@ pub(crate) fn dir_is_empty(r: &impl KvRead, ino: Ino) -> Result<bool, StoreError
     Ok(r.scan(&keys::dentry_prefix(ino), None, 1)?.is_empty())
 }
 
-fn extent_entry(key: &[u8], value: &[u8]) -> Result<(u64, ExtentRec), StoreError> {
-    Ok((keys::extent_offset(key)?, decode(key, value)?))
+/// Extents read by the first page of an [`Overlapping`] scan: a write usually overlaps
+/// one to a few extents. Later pages double, up to [`PAGE_ENTRIES`].
+const OVERLAP_FIRST_PAGE_ENTRIES: usize = 4;
+
+/// One stored extent with its place in the file: it covers `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileExtent {
+    /// File offset of its first byte.
+    pub start: u64,
+    /// File offset just past its last byte (the offset in its key).
+    pub end: u64,
+    /// The record.
+    pub rec: ExtentRec,
 }
 
-/// The extent of `ino` starting at the greatest offset <= `offset`, if any.
-pub(crate) fn extent_at_or_before(
-    r: &impl KvRead,
-    ino: Ino,
-    offset: u64,
-) -> Result<Option<(u64, ExtentRec)>, StoreError> {
-    r.seek_prev(&keys::extent_prefix(ino), &keys::extent(ino, offset))?
-        .map(|(k, v)| extent_entry(&k, &v))
-        .transpose()
+impl FileExtent {
+    /// Decodes an extent entry; an empty extent or one starting below 0 is corruption.
+    fn decode(key: &[u8], value: &[u8]) -> Result<Self, StoreError> {
+        let end = keys::extent_end(key)?;
+        let rec: ExtentRec = decode(key, value)?;
+        match end.checked_sub(rec.len) {
+            Some(start) if rec.len > 0 => Ok(Self { start, end, rec }),
+            _ => Err(StoreError::Corrupt(format!(
+                "extent of {} bytes ending at {end} under key {key:02x?}",
+                rec.len
+            ))),
+        }
+    }
 }
 
-/// Up to `limit` extents of `ino` starting at or after `start`, in offset order.
-pub(crate) fn extents_from(
-    r: &impl KvRead,
-    ino: Ino,
-    start: u64,
-    limit: usize,
-) -> Result<Vec<(u64, ExtentRec)>, StoreError> {
-    let after = start.checked_sub(1).map(|s| keys::extent(ino, s));
-    r.scan(&keys::extent_prefix(ino), after.as_deref(), limit)?
-        .iter()
-        .map(|(k, v)| extent_entry(k, v))
-        .collect()
+/// The extents of one inode overlapping a range `[start, end)`, in file order, read with
+/// forward scans only.
+///
+/// Extent keys hold the end offset, so the first extent reaching past `start` is the
+/// first key after `extent(ino, start)`; since extents never overlap, the walk ends with
+/// the first extent reaching `end` (nothing after it can overlap, so nothing more is
+/// read) or, when the range ends in a hole, with the first extent starting at or past
+/// `end`. Entries are fetched in pages that start small and grow, so a range overlapping
+/// few extents reads few records: every entry read past the range is wasted work, and in
+/// a store keeping tombstones (RocksDB) so is every dead key stepped over to reach it.
+///
+/// The store is passed to each [`Overlapping::next`] call, so a caller may write through
+/// it between calls: writes at or below the key of an extent already returned (trimming,
+/// splitting or deleting it) do not disturb the walk.
+pub(crate) struct Overlapping {
+    prefix: Vec<u8>,
+    end: u64,
+    /// Key of the last entry fetched: the next page starts after it.
+    after: Vec<u8>,
+    page: usize,
+    buf: VecDeque<KvEntry>,
+    /// No more entries to fetch (the last page was short, or the range is passed).
+    exhausted: bool,
+}
+
+impl Overlapping {
+    /// A walk over the extents of `ino` overlapping `[start, end)` (none when empty).
+    pub fn new(ino: Ino, start: u64, end: u64) -> Self {
+        Self {
+            prefix: keys::extent_prefix(ino),
+            end,
+            after: keys::extent(ino, start),
+            page: OVERLAP_FIRST_PAGE_ENTRIES,
+            buf: VecDeque::new(),
+            exhausted: start >= end,
+        }
+    }
+
+    /// The next overlapping extent, if any.
+    pub fn next(&mut self, r: &impl KvRead) -> Result<Option<FileExtent>, StoreError> {
+        if self.buf.is_empty() && !self.exhausted {
+            let got = r.scan(&self.prefix, Some(&self.after), self.page)?;
+            self.exhausted = got.len() < self.page;
+            if let Some((k, _)) = got.last() {
+                self.after.clone_from(k);
+            }
+            self.buf.extend(got);
+            self.page = self.page.saturating_mul(2).min(PAGE_ENTRIES);
+        }
+        let Some((k, v)) = self.buf.pop_front() else {
+            return Ok(None);
+        };
+        let e = FileExtent::decode(&k, &v)?;
+        if e.start >= self.end {
+            self.finish();
+            return Ok(None);
+        }
+        if e.end >= self.end {
+            // The next extent starts at or past this one's end: nothing more to read.
+            self.finish();
+        }
+        Ok(Some(e))
+    }
+
+    fn finish(&mut self) {
+        self.buf.clear();
+        self.exhausted = true;
+    }
 }
 
 /// Every entry under `prefix`, fetched page by page.

@@ -1,6 +1,7 @@
 //! Test harness: a filesystem over [`MemKv`] driven through the public `apply`/`query`,
 //! and a checker of every invariant the state must keep.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use plait_proto::meta::{NewKind, RenameMode, SetAttr};
@@ -11,7 +12,7 @@ use plait_proto::{
 
 use crate::keys;
 use crate::records::{DentryRec, ExtentRec, InodeRec, VolumeRec, decode};
-use crate::{Command, KvRead, MemKv, Mutation};
+use crate::{Command, KvEntry, KvRead, MemKv, Mutation, StoreError};
 
 /// A chunk id made of one repeated byte.
 pub(crate) fn chunk(n: u8) -> ChunkId {
@@ -252,6 +253,51 @@ impl Fs {
     }
 }
 
+/// A read view that counts what it is asked for: entries returned by `scan` and
+/// `seek_prev`, and `seek_prev` calls.
+pub(crate) struct Counting<'a> {
+    inner: &'a MemKv,
+    /// Entries returned by `scan` and `seek_prev`.
+    pub entries: Cell<usize>,
+    /// Calls to `seek_prev`.
+    pub seek_prevs: Cell<usize>,
+}
+
+impl<'a> Counting<'a> {
+    pub fn new(inner: &'a MemKv) -> Self {
+        Self {
+            inner,
+            entries: Cell::new(0),
+            seek_prevs: Cell::new(0),
+        }
+    }
+}
+
+impl KvRead for Counting<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KvEntry>, StoreError> {
+        let got = self.inner.scan(prefix, after, limit)?;
+        self.entries.set(self.entries.get() + got.len());
+        Ok(got)
+    }
+
+    fn seek_prev(&self, prefix: &[u8], key: &[u8]) -> Result<Option<KvEntry>, StoreError> {
+        self.seek_prevs.set(self.seek_prevs.get() + 1);
+        let got = self.inner.seek_prev(prefix, key)?;
+        self.entries
+            .set(self.entries.get() + usize::from(got.is_some()));
+        Ok(got)
+    }
+}
+
 /// The whole state decoded, for invariant checks.
 #[derive(Default)]
 pub(crate) struct State {
@@ -284,8 +330,14 @@ impl State {
                 }
                 keys::EXTENT => {
                     let e: ExtentRec = decode(k, v).unwrap();
+                    let end = keys::extent_end(k).unwrap();
+                    assert!(
+                        e.len > 0 && e.len <= end,
+                        "extent of {} bytes keyed at end {end}",
+                        e.len
+                    );
                     s.extents.entry(ino_of(k)).or_default().push(Extent {
-                        file_offset: keys::extent_offset(k).unwrap(),
+                        file_offset: end - e.len,
                         len: e.len,
                         chunk: e.chunk,
                         chunk_offset: e.chunk_offset,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use plait_proto::meta::{NewKind, RenameMode, SetAttr, XattrMode};
-use plait_proto::{ChunkId, Extent, Ino, MetaOp};
+use plait_proto::{ChunkId, Extent, Ino, MetaOp, MetaQuery, MetaReply};
 use proptest::prelude::*;
 
 use crate::testutil::{Fs, check_invariants, chunk};
@@ -25,6 +25,8 @@ enum DataOp {
     Unlink(usize, usize),
     Link(usize, usize),
     Reap(usize),
+    /// An `Extents` query over (offset, len); changes nothing.
+    Query(usize, u64, u64),
 }
 
 fn data_op() -> impl Strategy<Value = DataOp> {
@@ -36,7 +38,9 @@ fn data_op() -> impl Strategy<Value = DataOp> {
         2 => (file.clone(), 0u64..160).prop_map(|(f, s)| DataOp::Truncate(f, s)),
         1 => (file.clone(), name.clone()).prop_map(|(f, n)| DataOp::Unlink(f, n)),
         1 => (file.clone(), name).prop_map(|(f, n)| DataOp::Link(f, n)),
-        1 => file.prop_map(DataOp::Reap),
+        1 => file.clone().prop_map(DataOp::Reap),
+        2 => (file, 0u64..200, prop_oneof![3 => 0u64..80, 1 => Just(u64::MAX)])
+            .prop_map(|(f, o, l)| DataOp::Query(f, o, l)),
     ]
 }
 
@@ -148,6 +152,29 @@ impl DataRun {
                 if self.fs.reap(ino).is_ok() && !self.fs.exists(ino) {
                     self.model.remove(&ino);
                 }
+            }
+            DataOp::Query(f, offset, len) => {
+                let ino = self.inos[*f];
+                let reply = self.fs.q(MetaQuery::Extents {
+                    ino,
+                    offset: *offset,
+                    len: *len,
+                });
+                if !self.model.contains_key(&ino) {
+                    assert!(reply.is_err(), "extents of reaped {ino}: {reply:?}");
+                    return;
+                }
+                let Ok(MetaReply::Extents { extents, .. }) = reply else {
+                    panic!("extents of {ino}: {reply:?}")
+                };
+                let end = offset.saturating_add(*len);
+                let want: Vec<_> = self
+                    .fs
+                    .extents(ino)
+                    .into_iter()
+                    .filter(|e| *len > 0 && e.file_offset < end && e.end() > *offset)
+                    .collect();
+                assert_eq!(extents, want, "extents of {ino} over [{offset}, +{len})");
             }
         }
     }

@@ -3,7 +3,7 @@
 use plait_proto::meta::{NewKind, RenameMode, SetAttr, TimeSet, XattrMode};
 use plait_proto::{ErrorCode, FILE_MAX_BYTES, FileKind, MetaOp, MetaQuery, MetaReply, Timestamp};
 
-use crate::testutil::{Fs, chunk, code, ext, ext_at, ts};
+use crate::testutil::{Counting, Fs, chunk, code, ext, ext_at, ts};
 use crate::{Command, KvRead, MemKv, NLINK_MAX, StoreError, WRITE_MAX_EXTENTS, keys};
 
 use RenameMode::{Exchange, NoReplace, Replace};
@@ -980,6 +980,107 @@ fn write_over_many_small_extents_pages_through_them() {
     assert_eq!(fs.refcount(1), 0);
     assert!(fs.is_garbage(1));
     fs.check();
+}
+
+/// Applies `op` to `fs` through a counting view; returns the entries read by scans and
+/// reverse seeks, and the number of reverse seeks.
+fn apply_counting(fs: &mut Fs, op: MetaOp) -> (usize, usize) {
+    let cmd = Command {
+        now: fs.next_now(),
+        op,
+    };
+    let view = Counting::new(&fs.kv);
+    let (muts, reply) = crate::apply(&view, &cmd).unwrap();
+    reply.unwrap();
+    let read = (view.entries.get(), view.seek_prevs.get());
+    fs.clock += 1;
+    fs.kv.apply_mutations(&muts);
+    read
+}
+
+#[test]
+fn writes_read_only_the_extents_they_overlap() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    // 1000 extents of 5 bytes, 10 bytes apart: [10 i, 10 i + 5) from chunk 1.
+    let batch: Vec<_> = (0..1000u64).map(|i| ext_at(i * 10, 5, 1, i * 5)).collect();
+    fs.write(f, &batch).unwrap();
+    let mut expected = batch;
+    let cases = [
+        // Exact overwrite of extent 500.
+        ext(5000, 5, 2),
+        // Inside extent 400: split in two.
+        ext_at(4001, 2, 2, 10),
+        // Tail of 300, all of 301, head of 302.
+        ext_at(3003, 20, 2, 20),
+        // Into the gap after 700 and the head of 701.
+        ext_at(7007, 5, 2, 40),
+    ];
+    for new in cases {
+        let (entries, seek_prevs) = apply_counting(
+            &mut fs,
+            MetaOp::Write {
+                ino: f,
+                extents: vec![new],
+            },
+        );
+        assert!(entries < 40, "write {new:?} read {entries} entries");
+        assert_eq!(seek_prevs, 0, "write {new:?} seeks backwards");
+        expected = overwrite(&expected, new);
+        assert_eq!(fs.extents(f), expected);
+        fs.check();
+    }
+    // A truncate in the middle reads the extents it removes, and nothing before them.
+    let (entries, seek_prevs) = apply_counting(
+        &mut fs,
+        MetaOp::SetAttr {
+            ino: f,
+            set: SetAttr {
+                size: Some(9002),
+                ..Default::default()
+            },
+        },
+    );
+    assert!(entries <= 100 + 1, "truncate read {entries} entries");
+    assert_eq!(seek_prevs, 0);
+    expected.retain(|e| e.file_offset < 9002);
+    if let Some(last) = expected.last_mut() {
+        last.len = last.len.min(9002 - last.file_offset);
+    }
+    assert_eq!(fs.extents(f), expected);
+    fs.check();
+}
+
+/// `extents` with `new` written over them, as the byte model sees it: overlapped
+/// extents trimmed or split, then `new` added; sorted by file offset.
+fn overwrite(
+    extents: &[plait_proto::Extent],
+    new: plait_proto::Extent,
+) -> Vec<plait_proto::Extent> {
+    let mut out = Vec::new();
+    for e in extents {
+        if e.end() <= new.file_offset || e.file_offset >= new.end() {
+            out.push(*e);
+            continue;
+        }
+        if e.file_offset < new.file_offset {
+            out.push(plait_proto::Extent {
+                len: new.file_offset - e.file_offset,
+                ..*e
+            });
+        }
+        if e.end() > new.end() {
+            out.push(plait_proto::Extent {
+                file_offset: new.end(),
+                len: e.end() - new.end(),
+                chunk_offset: e.chunk_offset + (new.end() - e.file_offset),
+                ..*e
+            });
+        }
+    }
+    out.push(new);
+    out.sort_by_key(|e| e.file_offset);
+    out
 }
 
 #[test]

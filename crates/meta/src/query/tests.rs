@@ -3,7 +3,7 @@
 use plait_proto::meta::NewKind;
 use plait_proto::{ErrorCode, MetaQuery, MetaReply};
 
-use crate::testutil::{Fs, chunk, code, ext, ext_at, ts};
+use crate::testutil::{Counting, Fs, chunk, code, ext, ext_at, ts};
 use crate::{EXTENTS_MAX_PER_QUERY, INODES_MAX, READDIR_MAX_ENTRIES, WRITE_MAX_EXTENTS};
 
 fn read_dir(fs: &Fs, ino: u64, after: Option<&str>, limit: u32) -> (u64, Vec<String>) {
@@ -181,6 +181,44 @@ fn extents_query_is_capped() {
     assert_eq!(got.len(), EXTENTS_MAX_PER_QUERY);
     let next = got.last().unwrap().end();
     assert_eq!(extents(&fs, f, next, u64::MAX).len(), 10);
+}
+
+#[test]
+fn extents_query_reads_only_the_extents_it_returns() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    // 1000 extents of 5 bytes, 10 bytes apart: [10 i, 10 i + 5).
+    let batch: Vec<_> = (0..1000u64).map(|i| ext_at(i * 10, 5, 1, i * 5)).collect();
+    fs.write(f, &batch).unwrap();
+    for (offset, len, want) in [
+        (5000, 5, &batch[500..501]),
+        (5003, 1, &batch[500..501]),
+        (5005, 5, &batch[..0]),
+        (4999, 12, &batch[500..502]),
+        (5004, 60, &batch[500..507]),
+        (9990, 100, &batch[999..]),
+    ] {
+        let view = Counting::new(&fs.kv);
+        let reply = crate::query(
+            &view,
+            &MetaQuery::Extents {
+                ino: f,
+                offset,
+                len,
+            },
+        )
+        .unwrap();
+        let Ok(MetaReply::Extents { extents, .. }) = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(extents, want, "extents over [{offset}, +{len})");
+        assert!(
+            view.entries.get() < 40,
+            "read {} entries",
+            view.entries.get()
+        );
+        assert_eq!(view.seek_prevs.get(), 0, "seeks backwards");
+    }
 }
 
 #[test]

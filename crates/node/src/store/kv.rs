@@ -82,7 +82,9 @@ impl KvRead for DbView<'_> {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MetaStoreError> {
-        let mut it = self.db.raw_iterator_cf_opt(self.cf, self.prefix_opts(prefix));
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf, self.prefix_opts(prefix));
         match after {
             Some(a) => {
                 it.seek(a);
@@ -101,6 +103,10 @@ impl KvRead for DbView<'_> {
                 break;
             }
             out.push((k.to_vec(), v.to_vec()));
+            // Stepping on past the last wanted entry would walk the tombstones behind it.
+            if out.len() == limit {
+                break;
+            }
             it.next();
         }
         it.status().map_err(io)?;
@@ -112,7 +118,9 @@ impl KvRead for DbView<'_> {
         prefix: &[u8],
         key: &[u8],
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>, MetaStoreError> {
-        let mut it = self.db.raw_iterator_cf_opt(self.cf, self.prefix_opts(prefix));
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf, self.prefix_opts(prefix));
         it.seek_for_prev(key);
         it.status().map_err(io)?;
         if !it.valid() {
