@@ -76,7 +76,9 @@ const MAP_MAX_AGE_MS: u64 = 10_000;
 const MAP_REFRESH_MIN_INTERVAL_MS: u64 = 1_000;
 
 /// Replica puts that may still be running after their chunk put returned (W acknowledged,
-/// the rest finishing in the background); a put waits for a slot beyond this.
+/// the rest finishing in the background). Past this, the remaining copies of a put that
+/// reached its quorum are abandoned (left under-replicated) rather than making the
+/// foreground wait: a hung node would otherwise hold every slot until its deadline.
 const BACKGROUND_PUTS_MAX: usize = 64;
 
 /// How many copies of a chunk to write, and how many durable acknowledgements make a put
@@ -400,7 +402,8 @@ impl ClusterClient {
     /// The copies are written in parallel; the put succeeds as soon as `repl.write_quorum`
     /// nodes acknowledged a durable copy (written, fsynced, renamed). The other copies
     /// finish in the background (at most [`BACKGROUND_PUTS_MAX`] of them across the
-    /// client, each bounded by the operation timeout). Each copy is retried after
+    /// client, each bounded by the operation timeout; past that they are abandoned and
+    /// the chunk stays under-replicated, which is logged). Each copy is retried after
     /// transport failures until the deadline (a put is idempotent: content-addressed).
     /// With fewer than W acknowledgements the put fails with the most telling error:
     /// `NoSpace` if a node said so, else the first definite refusal, else `Unavailable`.
@@ -424,16 +427,11 @@ impl ClusterClient {
         let deadline = Instant::now() + self.op_timeout;
         let mut set = JoinSet::new();
         for (node, addr) in targets {
-            let permit = match self.background_puts.clone().acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => return Err(RpcError::new(ErrorCode::Io, "client shut down")),
-            };
             let transport = self.transport.clone();
             let req = req.clone();
             let rpc_timeout = self.rpc_timeout;
             set.spawn(async move {
                 let result = put_replica(&transport, addr, &req, rpc_timeout, deadline).await;
-                drop(permit);
                 (node, addr, result)
             });
         }
@@ -444,9 +442,7 @@ impl ClusterClient {
                 Ok((_, _, Ok(()))) => {
                     acked += 1;
                     if acked >= quorum {
-                        // Let the remaining copies finish on their own (bounded by the
-                        // deadline and the background slots they hold).
-                        set.detach_all();
+                        self.finish_in_background(id, set);
                         return Ok(id);
                     }
                 }
@@ -462,6 +458,41 @@ impl ClusterClient {
         }
         self.map_failed();
         Err(best_put_error(id, acked, quorum, errors))
+    }
+
+    /// Lets the replica puts still in `set` finish on their own if background slots are
+    /// free (one slot per put, held until it ends, each bounded by its deadline);
+    /// otherwise aborts them and logs the chunk as under-replicated.
+    fn finish_in_background(
+        &self,
+        id: ChunkId,
+        mut set: JoinSet<(NodeId, SocketAddr, Result<(), RpcError>)>,
+    ) {
+        let remaining = set.len();
+        if remaining == 0 {
+            return;
+        }
+        let Ok(permits) = u32::try_from(remaining) else {
+            return;
+        };
+        match self.background_puts.clone().try_acquire_many_owned(permits) {
+            Ok(permits) => {
+                tokio::spawn(async move {
+                    while let Some(joined) = set.join_next().await {
+                        if let Ok((node, addr, Err(e))) = joined {
+                            warn!(chunk = %id, node, %addr, error = %e,
+                                "background replica put failed; chunk under-replicated");
+                        }
+                    }
+                    drop(permits);
+                });
+            }
+            Err(_) => {
+                warn!(chunk = %id, remaining,
+                    "too many replica puts in the background; chunk left under-replicated");
+                set.abort_all();
+            }
+        }
     }
 
     /// Reads a chunk, trying the nodes in placement order (the placed replicas first,
