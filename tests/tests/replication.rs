@@ -214,3 +214,50 @@ fn five_node_playground_places_three_replicas() {
         "a node holds nothing: {per_node:?}"
     );
 }
+
+#[test]
+fn a_hung_leader_stalls_writes_only_until_failover() {
+    let pg = Playground::up(3, 3, &[]).unwrap();
+    let m = pg.mnt.clone();
+    let dir = pg.dir.path().to_path_buf();
+    let before: Vec<_> = (0..5).map(|i| content("hung-before", i)).collect();
+    for (i, data) in before.iter().enumerate() {
+        fs::write(m.join(format!("before-{i}")), data).unwrap();
+    }
+    let old = leader(&pg).expect("no leader known");
+    eprintln!("pausing leader node {old} (SIGSTOP: sockets stay open, no reset)");
+    pg.cmd("pause-node", &[&old.to_string()]).unwrap();
+    let during: Vec<_> = (0..20).map(|i| content("hung-during", i)).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut longest = Duration::ZERO;
+    let mut failed_attempts = 0;
+    for (i, data) in during.iter().enumerate() {
+        let (took, failures) = write_until_ok(&m.join(format!("during-{i}")), data, deadline);
+        longest = longest.max(took);
+        failed_attempts += failures;
+    }
+    eprintln!(
+        "leader hung: longest single write stall {} ms, {failed_attempts} failed attempt(s)",
+        longest.as_millis()
+    );
+    assert!(
+        longest.as_millis() <= FAILOVER_STALL_MAX_MS,
+        "a write stalled {} ms",
+        longest.as_millis()
+    );
+    // The hung node comes back without a restart and follows the new leader.
+    pg.cmd("resume-node", &[&old.to_string()]).unwrap();
+    let after = content("hung-after", 0);
+    write_until_ok(&m.join("after-0"), &after, deadline);
+    let settle = Instant::now() + Duration::from_millis(REPLICA_SETTLE_MS);
+    while holders(&dir, &after).len() < 3 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(holders(&dir, &after), vec![1, 2, 3]);
+    for (tag, files) in [("before", &before), ("during", &during)] {
+        for (i, data) in files.iter().enumerate() {
+            assert_eq!(&fs::read(m.join(format!("{tag}-{i}"))).unwrap(), data);
+        }
+    }
+    assert_eq!(fs::read(m.join("after-0")).unwrap(), after);
+}
