@@ -16,6 +16,8 @@ use crate::mount::{self, MountArgs};
 
 /// How long a node may take to start and elect a leader.
 const NODE_READY_MS: u64 = 30_000;
+/// Most nodes a playground starts.
+const NODES_MAX: u32 = 9;
 /// How long a stopped process may take to exit after SIGTERM before SIGKILL.
 const STOP_GRACE_MS: u64 = 5_000;
 
@@ -42,6 +44,18 @@ pub enum PlaygroundCmd {
         #[arg(long)]
         dir: PathBuf,
         mountpoint: PathBuf,
+    },
+    /// SIGSTOP node K: a hung node that keeps its sockets open.
+    PauseNode {
+        #[arg(long)]
+        dir: PathBuf,
+        k: u32,
+    },
+    /// SIGCONT node K after `pause-node`.
+    ResumeNode {
+        #[arg(long)]
+        dir: PathBuf,
+        k: u32,
     },
     /// SIGKILL node K (1-based).
     StopNode {
@@ -197,7 +211,11 @@ fn wait_exit(pid: u32, timeout: Duration) -> bool {
 }
 
 async fn wait_ready(dir: &Path, state: &State) -> Result<()> {
-    let client = conn(dir, state).connect().await?;
+    wait_ready_with(&conn(dir, state)).await
+}
+
+async fn wait_ready_with(conn: &ConnArgs) -> Result<()> {
+    let client = conn.connect().await?;
     let deadline = Instant::now() + Duration::from_millis(NODE_READY_MS);
     let mut last_err = String::new();
     while Instant::now() < deadline {
@@ -217,8 +235,8 @@ async fn up(
     mountpoint: Option<&Path>,
     extra: &[String],
 ) -> Result<()> {
-    if nodes != 1 {
-        bail!("--nodes {nodes}: only single-node playgrounds exist yet (replication is not built)");
+    if !(1..=NODES_MAX).contains(&nodes) {
+        bail!("--nodes must be between 1 and {NODES_MAX}");
     }
     if replicas == 0 || replicas > nodes {
         bail!("--replicas must be between 1 and --nodes ({nodes})");
@@ -250,19 +268,33 @@ async fn up(
         let ndir = node_dir(dir, id);
         std::fs::create_dir_all(&ndir)?;
         let addr = free_port()?;
+        // Only node 1 bootstraps the metadata group; the others join it as voters.
         let config = cluster::node_config(id, addr, &ndir.join("data"), &tls, id == 1);
         cluster::write_file(&ndir.join("plaitd.toml"), &config, false)?;
-        let mut node = NodeEntry {
+        state.nodes.push(NodeEntry {
             id,
             addr,
             pid: None,
             extra_args: extra.to_vec(),
-        };
-        start_node(dir, &mut node)?;
-        state.nodes.push(node);
+        });
     }
+    start_node(dir, &mut state.nodes[0])?;
     save(dir, &state)?;
-    wait_ready(dir, &state).await?;
+    let mut first = conn(dir, &state);
+    first.nodes.truncate(1);
+    wait_ready_with(&first).await?;
+    for i in 1..state.nodes.len() {
+        start_node(dir, &mut state.nodes[i])?;
+        save(dir, &state)?;
+    }
+    let client = first.connect().await?;
+    for node in state.nodes.iter().skip(1) {
+        let members = client
+            .add_voter(node.id, node.addr)
+            .await
+            .with_context(|| format!("adding node {} as a voter", node.id))?;
+        tracing::debug!(?members, "voter added");
+    }
     let client = conn(dir, &state).connect().await?;
     crate::admin::create_volume(&client, "default", replicas, None).await?;
     println!(
@@ -420,6 +452,20 @@ fn down(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Sends `signal` to node K's process.
+fn signal_node(dir: &Path, k: u32, signal: i32, done: &str) -> Result<()> {
+    let state = load(dir)?;
+    let i = node_index(&state, k)?;
+    match state.nodes[i].pid {
+        Some(pid) if alive(pid) => {
+            kill(pid, signal);
+            println!("node {k} {done}");
+            Ok(())
+        }
+        _ => bail!("node {k} is not running"),
+    }
+}
+
 /// Runs a `plait playground` command.
 pub async fn run(cmd: PlaygroundCmd) -> Result<()> {
     match cmd {
@@ -445,6 +491,8 @@ pub async fn run(cmd: PlaygroundCmd) -> Result<()> {
             println!("node {k} killed");
             Ok(())
         }
+        PlaygroundCmd::PauseNode { dir, k } => signal_node(&dir, k, libc::SIGSTOP, "paused"),
+        PlaygroundCmd::ResumeNode { dir, k } => signal_node(&dir, k, libc::SIGCONT, "resumed"),
         PlaygroundCmd::StartNode { dir, k } => {
             let mut state = load(&dir)?;
             let i = node_index(&state, k)?;

@@ -18,21 +18,25 @@
 //!
 //! The transport cannot say whether a failed call delivered its request (a timeout may
 //! have hit while connecting or after sending). So before an op goes to a node that has
-//! not answered anything since its last failure, the node is *probed* with an idempotent
+//! not answered anything since its last failure, or not for `PROBE_AFTER_IDLE_MS` (it may
+//! have died while the client was idle), the node is *probed* with an idempotent
 //! `NodeStatus` request, which establishes the connection: a probe failure proves the op
 //! was not sent, and the op moves on to the next node. An op then only fails ambiguously
 //! if the connection breaks between the probe and the op, or while the op is in flight.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use plait_net::{NetError, RpcClient, TlsIdentity};
 use plait_proto::{
-    ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, NodeStatus, Request, Response, RpcError,
+    ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, NodeId, NodeStatus, Request, Response,
+    RpcError,
 };
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tracing::{debug, error, warn};
 
 use crate::error::ClientError;
@@ -56,6 +60,56 @@ const REDIRECTS_BEFORE_BACKOFF: u32 = 3;
 /// Chunks up to this size are hashed on the calling task; larger ones on the blocking
 /// pool, so that hashing 4 MiB never stalls the async workers.
 const HASH_INLINE_MAX_BYTES: usize = 64 * 1024;
+
+/// A node that has not answered for this long is probed before a metadata op is sent to
+/// it, in milliseconds: a node that died while the client was idle (the leader killed
+/// between two ops) then costs a failed probe and a move to the next node, not an op of
+/// unknown outcome.
+const PROBE_AFTER_IDLE_MS: u64 = 1_000;
+
+/// How old the cached cluster map may get before a chunk operation refreshes it, in
+/// milliseconds.
+const MAP_MAX_AGE_MS: u64 = 10_000;
+
+/// Fewest milliseconds between two refreshes of the cluster map triggered by failures, so
+/// that a dead node does not turn every chunk operation into a map fetch.
+const MAP_REFRESH_MIN_INTERVAL_MS: u64 = 1_000;
+
+/// Replica puts that may still be running after their chunk put returned (W acknowledged,
+/// the rest finishing in the background). Past this, the remaining copies of a put that
+/// reached its quorum are abandoned (left under-replicated) rather than making the
+/// foreground wait: a hung node would otherwise hold every slot until its deadline.
+const BACKGROUND_PUTS_MAX: usize = 64;
+
+/// How many copies of a chunk to write, and how many durable acknowledgements make a put
+/// succeed (a volume's `replicas` and `write_quorum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// Copies of each chunk (R).
+    pub replicas: u32,
+    /// Durable acknowledgements required (W, 1..=R).
+    pub write_quorum: u32,
+}
+
+impl Replication {
+    /// One copy, one acknowledgement (a single-node volume).
+    pub const SINGLE: Replication = Replication {
+        replicas: 1,
+        write_quorum: 1,
+    };
+}
+
+/// The cluster map as last fetched: voters with their addresses.
+#[derive(Debug, Default)]
+struct MapCache {
+    members: Vec<(NodeId, SocketAddr)>,
+    /// When `members` was fetched (None: never).
+    fetched: Option<Instant>,
+    /// Set by a failure: refresh at the next chunk operation (rate-limited).
+    stale: bool,
+    /// When the last fetch was attempted, successful or not.
+    last_attempt: Option<Instant>,
+}
 
 /// Where and how long to wait: the cluster's node addresses and the two timeouts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,17 +176,22 @@ enum Retry {
 /// A connection to a Plait cluster: the metadata leader's address as last learned, and
 /// the transport. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct ClusterClient {
-    transport: Transport,
+    transport: Arc<Transport>,
     nodes: Vec<SocketAddr>,
     /// The node that last answered a metadata request, if any.
     leader: Mutex<Option<SocketAddr>>,
-    /// Nodes that answered since their last transport failure: an op may be sent to them
-    /// without a probe.
-    reachable: Mutex<HashSet<SocketAddr>>,
+    /// Nodes that answered since their last transport failure, with when they last
+    /// answered: an op may be sent without a probe to a node that answered within
+    /// [`PROBE_AFTER_IDLE_MS`].
+    reachable: Mutex<HashMap<SocketAddr, Instant>>,
     /// Index into `nodes` of the next node to try when the leader is unknown.
     next_node: AtomicUsize,
     rpc_timeout: Duration,
     op_timeout: Duration,
+    /// The cluster map used for chunk placement.
+    map: Mutex<MapCache>,
+    /// Slots of replica puts allowed to run on after their chunk put returned.
+    background_puts: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for ClusterClient {
@@ -172,10 +231,12 @@ impl ClusterClient {
 
     fn with_transport(transport: Transport, config: ClientConfig) -> Self {
         Self {
-            transport,
+            transport: Arc::new(transport),
+            map: Mutex::new(MapCache::default()),
+            background_puts: Arc::new(Semaphore::new(BACKGROUND_PUTS_MAX)),
             nodes: config.nodes,
             leader: Mutex::new(None),
-            reachable: Mutex::new(HashSet::new()),
+            reachable: Mutex::new(HashMap::new()),
             next_node: AtomicUsize::new(0),
             rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
             op_timeout: Duration::from_millis(config.op_timeout_ms),
@@ -199,58 +260,250 @@ impl ClusterClient {
     /// [`ErrorCode::Unavailable`]). Never resends the op once it may have reached a leader
     /// (see the module documentation): an ambiguous failure is returned as `Unavailable`.
     pub async fn meta(&self, op: MetaOp) -> Result<MetaReply, RpcError> {
-        self.call_leader(&Request::Meta(op), Retry::IfNotDelivered)
-            .await
+        meta_reply(
+            self.call_leader(&Request::Meta(op), Retry::IfNotDelivered)
+                .await?,
+        )
     }
 
     /// Reads metadata from the leader (linearizable), with the same routing as
     /// [`Self::meta`]; being idempotent, a query is also retried after timeouts.
     pub async fn query(&self, q: MetaQuery) -> Result<MetaReply, RpcError> {
-        self.call_leader(&Request::Query(q), Retry::Always).await
+        meta_reply(self.call_leader(&Request::Query(q), Retry::Always).await?)
     }
 
-    /// Stores `data` as a chunk and returns its id (the blake3 hash of the bytes).
-    ///
-    /// For now the chunk goes to one node, the current metadata leader (or the first node
-    /// reachable). This is the one place where placement will slot in: send to the `R`
-    /// nodes the placement picks and wait for `W` durable acknowledgements. A put is
-    /// idempotent (content-addressed), so it is retried until the operation deadline.
-    pub async fn put_chunk(&self, data: Vec<u8>) -> Result<ChunkId, RpcError> {
-        let (id, data) = hash_chunk(data).await?;
-        let req = Request::ChunkPut { id, data };
-        let deadline = Instant::now() + self.op_timeout;
-        let mut backoff = Backoff::new();
-        let mut target = self.current_target();
-        let mut last_error = String::new();
-        loop {
-            let timeout = self.attempt_timeout(deadline, "chunk put", &last_error)?;
-            match self.send(target, &req, timeout).await {
-                Ok(Response::ChunkStored) => return Ok(id),
-                Ok(Response::Error(e)) if e.code == ErrorCode::Unavailable => {
-                    debug!(%target, chunk = %id, error = %e, "chunk put: node unavailable, retrying");
-                    last_error = e.to_string();
-                }
-                Ok(Response::Error(e)) => return Err(e),
-                Ok(other) => return Err(unexpected("ChunkPut", &other)),
-                Err(NetError::Codec(e)) => return Err(codec_error(e)),
-                Err(e) => {
-                    warn!(%target, chunk = %id, error = %e, "chunk put failed, trying another node");
-                    last_error = format!("{target}: {e}");
-                    self.forget_leader(target);
-                    target = self.rotate();
-                }
-            }
-            backoff.pause(deadline).await;
+    /// Makes node `node_id` at `addr` a voter of the metadata group (through the leader,
+    /// with the same routing as [`Self::query`]; idempotent) and returns the voters after
+    /// the change.
+    pub async fn add_voter(
+        &self,
+        node_id: NodeId,
+        addr: SocketAddr,
+    ) -> Result<Vec<(NodeId, String)>, RpcError> {
+        let req = Request::AddVoter {
+            node_id,
+            addr: addr.to_string(),
+        };
+        match self.call_leader(&req, Retry::Always).await? {
+            Response::Members(m) => Ok(m),
+            other => Err(unexpected("AddVoter", &other)),
         }
     }
 
-    /// Reads a chunk, trying the leader first and then every node in order until one
+    /// The voters of the metadata group and their addresses, as `addr` knows them (one
+    /// attempt, `rpc_timeout_ms`).
+    pub async fn members_of(&self, addr: SocketAddr) -> Result<Vec<(NodeId, String)>, RpcError> {
+        match self.send(addr, &Request::Members, self.rpc_timeout).await {
+            Ok(Response::Members(m)) => Ok(m),
+            Ok(Response::Error(e)) => Err(e),
+            Ok(other) => Err(unexpected("Members", &other)),
+            Err(e) => Err(net_error(&e)),
+        }
+    }
+
+    /// The cluster map: voters and their addresses, from whichever node answers first
+    /// (all known nodes are asked at once, one attempt each).
+    pub async fn members(&self) -> Result<Vec<(NodeId, SocketAddr)>, RpcError> {
+        let mut targets: Vec<SocketAddr> = self.nodes.clone();
+        for (_, addr) in self.cached_members() {
+            if !targets.contains(&addr) {
+                targets.push(addr);
+            }
+        }
+        let mut set = JoinSet::new();
+        for addr in targets {
+            let transport = self.transport.clone();
+            let timeout = self.rpc_timeout;
+            set.spawn(
+                async move { (addr, transport.call(addr, &Request::Members, timeout).await) },
+            );
+        }
+        let mut last_error = String::from("no node answered");
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((_, Ok(Response::Members(m)))) if !m.is_empty() => {
+                    let mut members = Vec::with_capacity(m.len());
+                    for (id, addr) in m {
+                        match addr.parse::<SocketAddr>() {
+                            Ok(a) => members.push((id, a)),
+                            Err(_) => warn!(node = id, %addr, "member with unparsable address"),
+                        }
+                    }
+                    set.abort_all();
+                    return Ok(members);
+                }
+                Ok((addr, Ok(Response::Error(e)))) => last_error = format!("{addr}: {e}"),
+                Ok((addr, Ok(other))) => last_error = format!("{addr}: {}", kind(&other)),
+                Ok((addr, Err(e))) => last_error = format!("{addr}: {e}"),
+                Err(e) => last_error = format!("members task: {e}"),
+            }
+        }
+        Err(RpcError::new(
+            ErrorCode::Unavailable,
+            format!("cluster map unavailable: {last_error}"),
+        ))
+    }
+
+    fn cached_members(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .members
+            .clone()
+    }
+
+    /// Marks the cluster map stale: the next chunk operation refreshes it (rate-limited).
+    fn map_failed(&self) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).stale = true;
+    }
+
+    /// The cluster map for placement: cached, refreshed when older than
+    /// [`MAP_MAX_AGE_MS`] or after a failure (at most every
+    /// [`MAP_REFRESH_MIN_INTERVAL_MS`]). A failed refresh keeps the old map; with no map
+    /// at all the error is returned.
+    async fn cluster_map(&self) -> Result<Vec<(NodeId, SocketAddr)>, RpcError> {
+        let now = Instant::now();
+        {
+            let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = map
+                .fetched
+                .is_some_and(|t| now.duration_since(t) < Duration::from_millis(MAP_MAX_AGE_MS));
+            let recently_tried = map.last_attempt.is_some_and(|t| {
+                now.duration_since(t) < Duration::from_millis(MAP_REFRESH_MIN_INTERVAL_MS)
+            });
+            if !map.members.is_empty() && ((fresh && !map.stale) || recently_tried) {
+                return Ok(map.members.clone());
+            }
+        }
+        let result = self.members().await;
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.last_attempt = Some(Instant::now());
+        match result {
+            Ok(members) => {
+                if members != map.members {
+                    debug!(?members, "cluster map changed");
+                }
+                map.members = members;
+                map.fetched = Some(Instant::now());
+                map.stale = false;
+                Ok(map.members.clone())
+            }
+            Err(e) if !map.members.is_empty() => {
+                debug!(error = %e, "cluster map refresh failed; keeping the old map");
+                Ok(map.members.clone())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores `data` as a chunk on the `repl.replicas` nodes the placement picks (see
+    /// [`crate::placement`]) and returns its id (the blake3 hash of the bytes).
+    ///
+    /// The copies are written in parallel; the put succeeds as soon as `repl.write_quorum`
+    /// nodes acknowledged a durable copy (written, fsynced, renamed). The other copies
+    /// finish in the background (at most [`BACKGROUND_PUTS_MAX`] of them across the
+    /// client, each bounded by the operation timeout; past that they are abandoned and
+    /// the chunk stays under-replicated, which is logged). Each copy is retried after
+    /// transport failures until the deadline (a put is idempotent: content-addressed).
+    /// With fewer than W acknowledgements the put fails with the most telling error:
+    /// `NoSpace` if a node said so, else the first definite refusal, else `Unavailable`.
+    pub async fn put_chunk(&self, data: Vec<u8>, repl: Replication) -> Result<ChunkId, RpcError> {
+        let (id, data) = hash_chunk(data).await?;
+        let map = self.cluster_map().await?;
+        let replicas = usize::try_from(repl.replicas.max(1)).unwrap_or(1);
+        let quorum = usize::try_from(repl.write_quorum.clamp(1, repl.replicas.max(1))).unwrap_or(1);
+        let targets = crate::placement::place(&id, &map, replicas, |(n, _)| *n);
+        if targets.len() < quorum {
+            self.map_failed();
+            return Err(RpcError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "chunk {id}: the cluster map has {} node(s), the write quorum is {quorum}",
+                    targets.len()
+                ),
+            ));
+        }
+        let req = Arc::new(Request::ChunkPut { id, data });
+        let deadline = Instant::now() + self.op_timeout;
+        let mut set = JoinSet::new();
+        for (node, addr) in targets {
+            let transport = self.transport.clone();
+            let req = req.clone();
+            let rpc_timeout = self.rpc_timeout;
+            set.spawn(async move {
+                let result = put_replica(&transport, addr, &req, rpc_timeout, deadline).await;
+                (node, addr, result)
+            });
+        }
+        let mut acked = 0usize;
+        let mut errors: Vec<RpcError> = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((_, _, Ok(()))) => {
+                    acked += 1;
+                    if acked >= quorum {
+                        self.finish_in_background(id, set);
+                        return Ok(id);
+                    }
+                }
+                Ok((node, addr, Err(e))) => {
+                    warn!(chunk = %id, node, %addr, error = %e, "chunk replica put failed");
+                    errors.push(e);
+                }
+                Err(e) => errors.push(RpcError::new(
+                    ErrorCode::Io,
+                    format!("replica put task failed: {e}"),
+                )),
+            }
+        }
+        self.map_failed();
+        Err(best_put_error(id, acked, quorum, errors))
+    }
+
+    /// Lets the replica puts still in `set` finish on their own if background slots are
+    /// free (one slot per put, held until it ends, each bounded by its deadline);
+    /// otherwise aborts them and logs the chunk as under-replicated.
+    fn finish_in_background(
+        &self,
+        id: ChunkId,
+        mut set: JoinSet<(NodeId, SocketAddr, Result<(), RpcError>)>,
+    ) {
+        let remaining = set.len();
+        if remaining == 0 {
+            return;
+        }
+        let Ok(permits) = u32::try_from(remaining) else {
+            return;
+        };
+        match self.background_puts.clone().try_acquire_many_owned(permits) {
+            Ok(permits) => {
+                tokio::spawn(async move {
+                    while let Some(joined) = set.join_next().await {
+                        if let Ok((node, addr, Err(e))) = joined {
+                            warn!(chunk = %id, node, %addr, error = %e,
+                                "background replica put failed; chunk under-replicated");
+                        }
+                    }
+                    drop(permits);
+                });
+            }
+            Err(_) => {
+                warn!(chunk = %id, remaining,
+                    "too many replica puts in the background; chunk left under-replicated");
+                set.abort_all();
+            }
+        }
+    }
+
+    /// Reads a chunk, trying the nodes in placement order (the placed replicas first,
+    /// then the rest of the cluster map, then any configured node not in it) until one
     /// returns bytes that hash to `id`.
     ///
-    /// Bytes that do not match are logged and treated like a missing copy: no byte reaches
-    /// a reader unless its hash matched. Fails with [`ErrorCode::Io`] when every node
-    /// answered but none had a good copy, and with [`ErrorCode::Unavailable`] when the
-    /// deadline passed while some node could not be reached.
+    /// Bytes that do not match, and failed attempts, are logged with the chunk and node and
+    /// treated like a missing copy: no byte reaches a reader unless its hash matched. Fails
+    /// with [`ErrorCode::Io`] when every node answered but none had a good copy, and with
+    /// [`ErrorCode::Unavailable`] when the deadline passed while some node could not be
+    /// reached.
     pub async fn get_chunk(&self, id: ChunkId) -> Result<Vec<u8>, RpcError> {
         let req = Request::ChunkGet { id };
         let deadline = Instant::now() + self.op_timeout;
@@ -258,18 +511,20 @@ impl ClusterClient {
         let mut last_error = String::new();
         loop {
             let mut unreachable = false;
-            for addr in self.read_order() {
+            for addr in self.chunk_read_order(&id).await {
                 let timeout = self.attempt_timeout(deadline, "chunk get", &last_error)?;
                 match self.send(addr, &req, timeout).await {
                     Ok(Response::Chunk(bytes)) => match verify_chunk(id, bytes).await? {
                         Some(bytes) => return Ok(bytes),
-                        None => error!(node = %addr, chunk = %id, "chunk failed hash verification"),
+                        None => {
+                            error!(node = %addr, chunk = %id, "chunk failed hash verification; trying the next replica")
+                        }
                     },
                     Ok(Response::Error(e)) if e.code == ErrorCode::NotFound => {
                         debug!(node = %addr, chunk = %id, "chunk not on this node");
                     }
                     Ok(Response::Error(e)) => {
-                        debug!(node = %addr, chunk = %id, error = %e, "chunk get refused");
+                        warn!(node = %addr, chunk = %id, error = %e, "chunk get refused; trying the next replica");
                         unreachable |= e.code == ErrorCode::Unavailable;
                         last_error = format!("{addr}: {e}");
                     }
@@ -277,9 +532,10 @@ impl ClusterClient {
                         warn!(node = %addr, "unexpected answer to ChunkGet: {}", kind(&other))
                     }
                     Err(e) => {
-                        debug!(node = %addr, chunk = %id, error = %e, "chunk get failed");
+                        warn!(node = %addr, chunk = %id, error = %e, "chunk get failed; trying the next replica");
                         unreachable = true;
                         last_error = format!("{addr}: {e}");
+                        self.map_failed();
                     }
                 }
             }
@@ -291,6 +547,29 @@ impl ClusterClient {
             }
             backoff.pause(deadline).await;
         }
+    }
+
+    /// The order chunk reads try nodes in: the cluster map ranked by placement score (the
+    /// placed replicas first), then configured nodes missing from the map. Without a map
+    /// (no node answered), the configured nodes with the known leader first.
+    async fn chunk_read_order(&self, id: &ChunkId) -> Vec<SocketAddr> {
+        let map = match self.cluster_map().await {
+            Ok(map) => map,
+            Err(e) => {
+                debug!(error = %e, "no cluster map; reading from the configured nodes");
+                return self.read_order();
+            }
+        };
+        let mut order: Vec<SocketAddr> = crate::placement::rank(id, &map, |(n, _)| *n)
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        for addr in self.read_order() {
+            if !order.contains(&addr) {
+                order.push(addr);
+            }
+        }
+        order
     }
 
     /// Asks one node for its status (one attempt, `rpc_timeout_ms`).
@@ -306,8 +585,9 @@ impl ClusterClient {
         }
     }
 
-    /// The leader routing loop shared by [`Self::meta`] and [`Self::query`].
-    async fn call_leader(&self, req: &Request, retry: Retry) -> Result<MetaReply, RpcError> {
+    /// The leader routing loop shared by [`Self::meta`], [`Self::query`] and
+    /// [`Self::add_voter`]: returns the leader's first answer that is not an error.
+    async fn call_leader(&self, req: &Request, retry: Retry) -> Result<Response, RpcError> {
         let deadline = Instant::now() + self.op_timeout;
         let mut backoff = Backoff::new();
         let mut redirects = 0u32;
@@ -327,10 +607,6 @@ impl ClusterClient {
                 timeout = self.attempt_timeout(deadline, "metadata call", &last_error)?;
             }
             match self.send(target, req, timeout).await {
-                Ok(Response::Meta(reply)) => {
-                    self.set_leader(target);
-                    return Ok(reply);
-                }
                 Ok(Response::Error(e)) if e.code == ErrorCode::NotLeader => {
                     last_error = format!("{target}: {e}");
                     match parse_hint(e.leader_hint.as_deref()) {
@@ -359,7 +635,10 @@ impl ClusterClient {
                     last_error = format!("{target}: {e}");
                 }
                 Ok(Response::Error(e)) => return Err(e),
-                Ok(other) => return Err(unexpected("a metadata request", &other)),
+                Ok(answer) => {
+                    self.set_leader(target);
+                    return Ok(answer);
+                }
                 Err(NetError::Codec(e)) => return Err(codec_error(e)),
                 Err(e) if retry == Retry::IfNotDelivered => {
                     warn!(node = %target, error = %e, "metadata op outcome unknown; not retried");
@@ -393,19 +672,20 @@ impl ClusterClient {
         let result = self.transport.call(addr, req, timeout).await;
         let mut reachable = self.reachable.lock().unwrap_or_else(|p| p.into_inner());
         if result.is_ok() {
-            reachable.insert(addr);
+            reachable.insert(addr, Instant::now());
         } else {
             reachable.remove(&addr);
         }
         result
     }
 
-    /// True if `addr` answered since its last transport failure.
+    /// True if `addr` answered within [`PROBE_AFTER_IDLE_MS`] and not failed since.
     fn is_reachable(&self, addr: SocketAddr) -> bool {
         self.reachable
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&addr)
+            .get(&addr)
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(PROBE_AFTER_IDLE_MS))
     }
 
     /// Timeout of the next attempt: the RPC timeout, cut to what is left of the operation;
@@ -489,6 +769,70 @@ fn check_config(config: &ClientConfig) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// The reply of a `Meta` or `Query` answer.
+fn meta_reply(r: Response) -> Result<MetaReply, RpcError> {
+    match r {
+        Response::Meta(reply) => Ok(reply),
+        other => Err(unexpected("a metadata request", &other)),
+    }
+}
+
+/// Writes one replica of a chunk to `addr`, retrying transport failures and `Unavailable`
+/// with backoff until `deadline`; any other refusal is final.
+async fn put_replica(
+    transport: &Transport,
+    addr: SocketAddr,
+    req: &Request,
+    rpc_timeout: Duration,
+    deadline: Instant,
+) -> Result<(), RpcError> {
+    let mut backoff = Backoff::new();
+    let mut last_error = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(RpcError::new(
+                ErrorCode::Unavailable,
+                format!("chunk put to {addr} timed out (last error: {last_error})"),
+            ));
+        }
+        match transport.call(addr, req, left.min(rpc_timeout)).await {
+            Ok(Response::ChunkStored) => return Ok(()),
+            Ok(Response::Error(e)) if e.code == ErrorCode::Unavailable => {
+                last_error = e.to_string();
+            }
+            Ok(Response::Error(e)) => return Err(e),
+            Ok(other) => return Err(unexpected("ChunkPut", &other)),
+            Err(NetError::Codec(e)) => return Err(codec_error(e)),
+            Err(e) => {
+                debug!(node = %addr, error = %e, "chunk replica put failed; retrying");
+                last_error = e.to_string();
+            }
+        }
+        backoff.pause(deadline).await;
+    }
+}
+
+/// The error of a put that got `acked` < `quorum` acknowledgements: `NoSpace` if any node
+/// said so, else the first definite refusal, else `Unavailable`.
+fn best_put_error(id: ChunkId, acked: usize, quorum: usize, errors: Vec<RpcError>) -> RpcError {
+    let summary =
+        |e: &RpcError| format!("chunk {id}: {acked} of {quorum} required copies stored; {e}");
+    if let Some(e) = errors.iter().find(|e| e.code == ErrorCode::NoSpace) {
+        return RpcError::new(ErrorCode::NoSpace, summary(e));
+    }
+    if let Some(e) = errors.iter().find(|e| e.code != ErrorCode::Unavailable) {
+        return RpcError::new(e.code, summary(e));
+    }
+    match errors.first() {
+        Some(e) => RpcError::new(ErrorCode::Unavailable, summary(e)),
+        None => RpcError::new(
+            ErrorCode::Unavailable,
+            format!("chunk {id}: {acked} of {quorum} required copies stored"),
+        ),
+    }
+}
+
 /// Parses a `NotLeader` hint ("ip:port"); an unparsable hint is logged and ignored.
 fn parse_hint(hint: Option<&str>) -> Option<SocketAddr> {
     let hint = hint?;
@@ -527,6 +871,7 @@ fn kind(r: &Response) -> &'static str {
         Response::ChunkStored => "ChunkStored",
         Response::Chunk(_) => "Chunk",
         Response::NodeStatus(_) => "NodeStatus",
+        Response::Members(_) => "Members",
         Response::Error(_) => "Error",
         _ => "another response",
     }

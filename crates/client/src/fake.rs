@@ -133,6 +133,7 @@ impl FakeState {
             Request::Meta(op) => self.apply(op).map(Response::Meta),
             Request::Query(q) => self.query(q).map(Response::Meta),
             Request::ChunkPut { id, data } => self.put(*id, data),
+            Request::Members => Ok(Response::Members(vec![(1, node_addr().to_string())])),
             Request::ChunkGet { id } => {
                 self.chunk_gets += 1;
                 self.chunks

@@ -14,6 +14,9 @@ mod error;
 #[cfg(test)]
 mod fake;
 pub mod fs;
+pub mod placement;
 
-pub use cluster::{ClientConfig, ClusterClient, OP_TIMEOUT_DEFAULT_MS, RPC_TIMEOUT_DEFAULT_MS};
+pub use cluster::{
+    ClientConfig, ClusterClient, OP_TIMEOUT_DEFAULT_MS, RPC_TIMEOUT_DEFAULT_MS, Replication,
+};
 pub use error::ClientError;

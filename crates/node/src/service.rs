@@ -1,9 +1,11 @@
 //! The RPC service: every request a peer may send to this node, answered from the
 //! metadata group (through Raft), the chunk store, or the Raft instance itself.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use openraft::ChangeMembers;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use plait_chunks::ChunkStore;
 use plait_meta::Command;
@@ -132,6 +134,56 @@ impl Service {
         }
     }
 
+    /// The voters of the metadata group and their addresses, from this node's view of the
+    /// membership (the last membership entry it has seen, committed or not).
+    pub fn members(&self) -> Vec<(u64, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let mut out: Vec<(u64, String)> = membership
+            .voter_ids()
+            .map(|id| {
+                let addr = membership
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+                    .unwrap_or_default();
+                (id, addr)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Makes `node_id` a voter: adds it as a learner (waiting until it caught up with the
+    /// log), then promotes it. Leader only; idempotent.
+    async fn add_voter(&self, node_id: u64, addr: String) -> Result<Vec<(u64, String)>, RpcError> {
+        let write_error = |e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+            other => RpcError::new(ErrorCode::Unavailable, other.to_string()),
+        };
+        // Only the leader changes membership; answer like a metadata op elsewhere.
+        if let Err(e) = self.raft.ensure_linearizable().await {
+            return Err(match e {
+                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(&f),
+                other => RpcError::new(ErrorCode::Unavailable, other.to_string()),
+            });
+        }
+        if self.members().iter().any(|(id, _)| *id == node_id) {
+            return Ok(self.members());
+        }
+        tracing::info!(node_id, %addr, "adding a learner");
+        self.raft
+            .add_learner(node_id, openraft::BasicNode { addr: addr.clone() }, true)
+            .await
+            .map_err(write_error)?;
+        tracing::info!(node_id, %addr, "promoting the learner to voter");
+        let ids: BTreeSet<u64> = [node_id].into_iter().collect();
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(ids), false)
+            .await
+            .map_err(write_error)?;
+        Ok(self.members())
+    }
+
     fn status(&self) -> Response {
         let metrics = self.raft.metrics().borrow().clone();
         let (disk_total_bytes, disk_free_bytes) = self.chunks.disk_space().unwrap_or((0, 0));
@@ -164,6 +216,11 @@ impl plait_net::Handler for Service {
             Request::ChunkGet { id } => self.chunk_get(id).await,
             Request::Raft(rpc) => self.raft_rpc(rpc).await,
             Request::NodeStatus => self.status(),
+            Request::Members => Response::Members(self.members()),
+            Request::AddVoter { node_id, addr } => match self.add_voter(node_id, addr).await {
+                Ok(members) => Response::Members(members),
+                Err(e) => error(e),
+            },
         }
     }
 }

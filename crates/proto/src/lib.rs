@@ -75,6 +75,20 @@ pub enum Request {
     Raft(RaftRpc),
     /// Node facts for `plait status`, the playground and health checks.
     NodeStatus,
+    /// Make `node_id` (reachable at `addr`) a voter of the metadata group: added as a
+    /// learner, caught up, then promoted. Served by the leader only (others answer
+    /// `NotLeader` with a hint); a no-op if it already is a voter. Answered with
+    /// [`Response::Members`] (the voters after the change).
+    AddVoter {
+        /// Raft id of the new voter.
+        node_id: NodeId,
+        /// Its QUIC address (ip:port).
+        addr: String,
+    },
+    /// The voters of the metadata group and their addresses, as this node knows them (no
+    /// leadership check): the cluster map chunk placement uses. Answered with
+    /// [`Response::Members`].
+    Members,
 }
 
 /// Raft messages between voters, opaque to everyone but the node crate.
@@ -101,6 +115,9 @@ pub enum Response {
     Raft(Vec<u8>),
     /// Answer to [`Request::NodeStatus`].
     NodeStatus(NodeStatus),
+    /// Answer to [`Request::Members`] and [`Request::AddVoter`]: (node id, address) of
+    /// every voter, sorted by node id.
+    Members(Vec<(NodeId, String)>),
     /// The request failed.
     Error(RpcError),
 }

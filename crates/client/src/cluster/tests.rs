@@ -31,6 +31,7 @@ fn tag(req: &Request) -> char {
         Request::NodeStatus => 'P',
         Request::Meta(_) => 'M',
         Request::Query(_) => 'Q',
+        Request::Members => 'G',
         _ => 'C',
     }
 }
@@ -67,6 +68,26 @@ fn status() -> Result<Response, NetError> {
         disk_free_bytes: 0,
         chunk_count: 0,
     }))
+}
+
+/// A `Members` answer listing the nodes at `ports`, node id = port.
+fn members(ports: &[u16]) -> Result<Response, NetError> {
+    Ok(Response::Members(
+        ports
+            .iter()
+            .map(|p| (u64::from(*p), addr(*p).to_string()))
+            .collect(),
+    ))
+}
+
+/// The calls in `log` that are not cluster map fetches.
+fn without_map(log: &CallLog) -> Vec<(u16, char)> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|(_, t)| *t != 'G')
+        .collect()
 }
 
 fn op() -> MetaOp {
@@ -172,23 +193,33 @@ async fn other_errors_are_returned_as_they_are() {
 }
 
 #[tokio::test]
-async fn get_chunk_skips_corrupt_copies() {
+async fn get_chunk_skips_corrupt_copies_in_placement_order() {
     let good = b"the real bytes".to_vec();
     let id = ChunkId::of(&good);
+    let order = crate::placement::rank(&id, &[1u64, 2], |n| *n);
+    let corrupt = u16::try_from(order[0]).unwrap();
     let bytes = good.clone();
-    let (client, calls) = scripted(config(&[1, 2], 5_000), move |port, _, _| match port {
-        1 => Ok(Response::Chunk(b"tampered bytes".to_vec())),
-        _ => Ok(Response::Chunk(bytes.clone())),
+    let (client, calls) = scripted(config(&[1, 2], 5_000), move |port, tag, _| {
+        match (port, tag) {
+            (_, 'G') => members(&[1, 2]),
+            (p, _) if p == corrupt => Ok(Response::Chunk(b"tampered bytes".to_vec())),
+            _ => Ok(Response::Chunk(bytes.clone())),
+        }
     });
     assert_eq!(client.get_chunk(id).await.unwrap(), good);
-    assert_eq!(*calls.lock().unwrap(), vec![(1, 'C'), (2, 'C')]);
+    let expected: Vec<(u16, char)> = order
+        .iter()
+        .map(|n| (u16::try_from(*n).unwrap(), 'C'))
+        .collect();
+    assert_eq!(without_map(&calls), expected);
 }
 
 #[tokio::test]
 async fn get_chunk_with_no_good_copy_is_eio() {
     let id = ChunkId::of(b"wanted");
-    let (client, _) = scripted(config(&[1, 2], 5_000), |port, _, _| match port {
-        1 => Ok(Response::Chunk(b"wrong".to_vec())),
+    let (client, _) = scripted(config(&[1, 2], 5_000), |port, tag, _| match (port, tag) {
+        (_, 'G') => members(&[1, 2]),
+        (1, _) => Ok(Response::Chunk(b"wrong".to_vec())),
         _ => Ok(Response::Error(RpcError::new(ErrorCode::NotFound, "no"))),
     });
     assert_eq!(client.get_chunk(id).await.unwrap_err().code, ErrorCode::Io);
@@ -201,6 +232,9 @@ async fn put_chunk_sends_the_hash_of_the_bytes_and_retries() {
     let calls = Arc::new(Mutex::new(0usize));
     let count = calls.clone();
     let handler = move |_a: SocketAddr, req: &Request| {
+        if matches!(req, Request::Members) {
+            return members(&[1]);
+        }
         let mut n = count.lock().unwrap();
         *n += 1;
         if *n == 1 {
@@ -213,10 +247,75 @@ async fn put_chunk_sends_the_hash_of_the_bytes_and_retries() {
     };
     let client = ClusterClient::fake(config(&[1, 2], 5_000), Arc::new(handler)).unwrap();
     let data = vec![3u8; 100 * 1024];
-    let id = client.put_chunk(data.clone()).await.unwrap();
+    let id = client
+        .put_chunk(data.clone(), Replication::SINGLE)
+        .await
+        .unwrap();
     assert_eq!(id, ChunkId::of(&data));
     assert_eq!(*seen.lock().unwrap(), Some((id, data.len())));
     assert_eq!(*calls.lock().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn put_chunk_goes_to_the_placed_replicas_and_returns_at_quorum() {
+    let data = b"replicated".to_vec();
+    let id = ChunkId::of(&data);
+    let placed = crate::placement::place(&id, &[1u64, 2, 3, 4, 5], 3, |n| *n);
+    let dead = u16::try_from(placed[0]).unwrap();
+    let (client, calls) = scripted(config(&[1, 2, 3, 4, 5], 1_000), move |port, tag, _| match (
+        port, tag,
+    ) {
+        (_, 'G') => members(&[1, 2, 3, 4, 5]),
+        (p, _) if p == dead => Err(NetError::Closed),
+        _ => Ok(Response::ChunkStored),
+    });
+    let repl = Replication {
+        replicas: 3,
+        write_quorum: 2,
+    };
+    assert_eq!(client.put_chunk(data, repl).await.unwrap(), id);
+    let mut stored: Vec<u64> = without_map(&calls)
+        .into_iter()
+        .filter(|(p, _)| *p != dead)
+        .map(|(p, _)| u64::from(p))
+        .collect();
+    stored.sort();
+    let mut live: Vec<u64> = placed[1..].to_vec();
+    live.sort();
+    assert_eq!(stored, live, "only placed replicas are written");
+}
+
+#[tokio::test]
+async fn put_chunk_below_quorum_reports_no_space_first() {
+    let data = b"full".to_vec();
+    let (client, _) = scripted(config(&[1, 2, 3], 500), move |port, tag, _| {
+        match (port, tag) {
+            (_, 'G') => members(&[1, 2, 3]),
+            (1, _) => Ok(Response::Error(RpcError::new(ErrorCode::NoSpace, "full"))),
+            _ => Err(NetError::Closed),
+        }
+    });
+    let repl = Replication {
+        replicas: 3,
+        write_quorum: 2,
+    };
+    let err = client.put_chunk(data, repl).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NoSpace, "{err}");
+}
+
+#[tokio::test]
+async fn add_voter_follows_the_leader_and_members_asks_anyone() {
+    let (client, calls) = scripted(config(&[1, 2], 5_000), |port, tag, _| match (port, tag) {
+        (1, 'C') => Ok(not_leader(Some(2))),
+        (2, 'C') => members(&[1, 2]),
+        (_, 'G') => members(&[1, 2]),
+        _ => status(),
+    });
+    let m = client.add_voter(2, addr(2)).await.unwrap();
+    assert_eq!(m.len(), 2);
+    assert_eq!(without_map(&calls), vec![(1, 'C'), (2, 'C')]);
+    let map = client.members().await.unwrap();
+    assert_eq!(map, vec![(1, addr(1)), (2, addr(2))]);
 }
 
 #[test]

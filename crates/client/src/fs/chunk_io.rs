@@ -9,7 +9,7 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
 use super::cache::{ChunkCache, ChunkData};
-use crate::ClusterClient;
+use crate::{ClusterClient, Replication};
 
 /// Chunk fetches of one read in flight at once.
 const FETCH_IN_FLIGHT_MAX: usize = 4;
@@ -25,15 +25,22 @@ type InFlight = Arc<OnceCell<ChunkData>>;
 #[derive(Debug)]
 pub(crate) struct ChunkIo {
     client: Arc<ClusterClient>,
+    replication: Replication,
     cache: ChunkCache,
     in_flight: Mutex<HashMap<ChunkId, InFlight>>,
 }
 
 impl ChunkIo {
-    /// Chunk I/O through `client`, caching up to `cache_bytes` of chunk data.
-    pub(crate) fn new(client: Arc<ClusterClient>, cache_bytes: u64) -> Self {
+    /// Chunk I/O through `client`, writing chunks with `replication`, caching up to
+    /// `cache_bytes` of chunk data.
+    pub(crate) fn new(
+        client: Arc<ClusterClient>,
+        replication: Replication,
+        cache_bytes: u64,
+    ) -> Self {
         Self {
             client,
+            replication,
             cache: ChunkCache::new(cache_bytes),
             in_flight: Mutex::new(HashMap::new()),
         }
@@ -111,7 +118,7 @@ impl ChunkIo {
     /// Stores `data` as a chunk and returns its id; small chunks are also cached.
     pub(crate) async fn put(&self, data: Vec<u8>) -> Result<ChunkId, RpcError> {
         let keep = (data.len() <= WRITE_CACHE_CHUNK_MAX_BYTES).then(|| Arc::new(data.clone()));
-        let id = self.client.put_chunk(data).await?;
+        let id = self.client.put_chunk(data, self.replication).await?;
         if let Some(data) = keep {
             self.cache.insert(id, data);
         }

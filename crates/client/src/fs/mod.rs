@@ -42,7 +42,7 @@ pub use dirty::{DirtyBuffer, Piece};
 pub use extents::{EXTENT_WINDOW_BYTES, ExtentWindow, assemble, chunks_needed, window_for};
 pub use names::{OpenIntent, check_name, check_symlink_target, check_xattr_name, may_open};
 
-use crate::ClusterClient;
+use crate::{ClusterClient, Replication};
 use chunk_io::ChunkIo;
 use inode::InodeEntry;
 
@@ -182,9 +182,19 @@ pub struct PlaitFs {
 }
 
 impl PlaitFs {
-    /// The filesystem of the volume whose root directory is `root`.
-    pub fn new(client: Arc<ClusterClient>, root: Ino, config: FsConfig) -> Self {
-        let chunks = Arc::new(ChunkIo::new(client.clone(), config.data_cache_bytes));
+    /// The filesystem of the volume whose root directory is `root`, writing chunks with
+    /// `replication` (the volume's replicas and write quorum).
+    pub fn new(
+        client: Arc<ClusterClient>,
+        root: Ino,
+        replication: Replication,
+        config: FsConfig,
+    ) -> Self {
+        let chunks = Arc::new(ChunkIo::new(
+            client.clone(),
+            replication,
+            config.data_cache_bytes,
+        ));
         Self {
             client,
             root,
@@ -210,7 +220,19 @@ impl PlaitFs {
             })
             .await?;
         match reply {
-            MetaReply::Volume(info) => Ok(Self::new(client, info.root, config)),
+            MetaReply::Volume(info) => {
+                let replication = Replication {
+                    replicas: info.replicas,
+                    write_quorum: info.write_quorum,
+                };
+                tracing::info!(
+                    volume,
+                    replicas = info.replicas,
+                    write_quorum = info.write_quorum,
+                    "opened volume"
+                );
+                Ok(Self::new(client, info.root, replication, config))
+            }
             other => Err(unexpected("Volume", &other)),
         }
     }
