@@ -128,3 +128,36 @@ impl Drop for Playground {
         }
     }
 }
+
+/// A tmpfs mounted for one test (root only), unmounted on drop: gives a test a file system
+/// whose free space only it changes, or one small enough to fill.
+pub struct Tmpfs {
+    /// Kept alive so the mount point outlives the mount.
+    _dir: tempfile::TempDir,
+    /// The mount point.
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_mib` MiB at a fresh temporary directory.
+    pub fn mount(size_mib: u64) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("plait-tmpfs-").tempdir()?;
+        let path = dir.path().join("fs");
+        std::fs::create_dir(&path)?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(&path)
+            .status()?
+            .success();
+        if !ok {
+            bail!("mounting a tmpfs at {} failed (needs root)", path.display());
+        }
+        Ok(Self { _dir: dir, path })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

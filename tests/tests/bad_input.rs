@@ -131,29 +131,10 @@ fn corrupt_chunk_is_never_served() {
     );
 }
 
-struct Tmpfs(PathBuf);
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn full_disk_gives_enospc_and_keeps_committed_data() {
-    let scratch = tempfile::tempdir().unwrap();
-    let chunks = scratch.path().join("chunks");
-    fs::create_dir(&chunks).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(&chunks)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mounting a tmpfs needs root");
-    let _guard = Tmpfs(chunks.clone());
+    let tmpfs = plait_tests::Tmpfs::mount(24).unwrap();
+    let chunks = tmpfs.path.clone();
     let arg = format!("--chunk-dir={}", chunks.display());
     let pg = Playground::up(1, 1, &[&arg]).unwrap();
     let keep: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();

@@ -47,7 +47,16 @@ fn statvfs_free(path: &Path) -> u64 {
 
 #[test]
 fn posix_file_operations() {
-    let pg = Playground::up(1, 1, &["--gc-grace-ms=500", "--gc-interval-ms=200"]).unwrap();
+    // Chunks on a tmpfs of their own, so that statfs figures move only with this test's
+    // data (the machine's disk is shared with other tests and programs).
+    let tmpfs = plait_tests::Tmpfs::mount(256).unwrap();
+    let chunk_dir = format!("--chunk-dir={}", tmpfs.path.display());
+    let pg = Playground::up(
+        1,
+        1,
+        &["--gc-grace-ms=500", "--gc-interval-ms=200", &chunk_dir],
+    )
+    .unwrap();
     let m = &pg.mnt;
 
     // create, write, read back
