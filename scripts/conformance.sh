@@ -6,6 +6,8 @@
 #              of the FSX_SEEDS seeds).
 # Needs PLAIT_BIN_DIR (directory of the built plait and plaitd), root, fuse3.
 set -euo pipefail
+# cargo-installed tools (pjdfstest, fsx) live here; CI may start without it on PATH.
+export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
 BIN_DIR=${PLAIT_BIN_DIR:?set PLAIT_BIN_DIR to the directory of the built binaries}
 FSX_OPS=${FSX_OPS:-100000}

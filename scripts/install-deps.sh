@@ -3,6 +3,8 @@
 # Debian packages for FUSE, the RocksDB library and bindgen, the tools the tests drive,
 # and the third-party conformance suites from crates.io.
 set -euo pipefail
+# cargo-installed tools (pjdfstest, fsx) live here; CI may start without it on PATH.
+export PATH="$HOME/.cargo/bin:$PATH"
 
 PKGS=(fuse3 libclang-dev clang librocksdb-dev pkg-config bindfs attr sqlite3 php-cli)
 

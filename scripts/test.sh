@@ -2,6 +2,8 @@
 # The project's test command: lint, unit tests, multi-process tests on real FUSE mounts,
 # and the third-party conformance suites (pjdfstest, fsx) against a playground mount.
 set -euo pipefail
+# cargo-installed tools (pjdfstest, fsx) live here; CI may start without it on PATH.
+export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
