@@ -25,6 +25,9 @@ use plait_net::{RpcClient, Server, ServerLimits, TlsIdentity};
 use crate::config::{Args, Config};
 use crate::service::Service;
 
+/// How often the chunk count shown by `plait status` is refreshed.
+const CHUNK_COUNT_INTERVAL_MS: u64 = 10_000;
+
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
@@ -88,6 +91,7 @@ async fn run(cfg: Config) -> Result<()> {
         raft: raft.clone(),
         db,
         chunks,
+        chunk_count: std::sync::atomic::AtomicU64::new(0),
     });
 
     if cfg.bootstrap && !raft.is_initialized().await? {
@@ -104,6 +108,13 @@ async fn run(cfg: Config) -> Result<()> {
         tracing::info!(node_id = cfg.node_id, "bootstrapped a new metadata group");
     }
 
+    let counter = service.clone();
+    tokio::spawn(async move {
+        loop {
+            counter.refresh_chunk_count().await;
+            tokio::time::sleep(Duration::from_millis(CHUNK_COUNT_INTERVAL_MS)).await;
+        }
+    });
     tokio::spawn(gc::run(
         service.clone(),
         Duration::from_millis(cfg.gc_interval_ms),

@@ -29,6 +29,9 @@ pub struct Service {
     pub db: Arc<Db>,
     /// The node's chunks.
     pub chunks: Arc<ChunkStore>,
+    /// Chunks stored here, as last counted by [`Service::refresh_chunk_count`]: counting
+    /// walks the whole store, too slow for `NodeStatus`, which clients use as a probe.
+    pub chunk_count: std::sync::atomic::AtomicU64,
 }
 
 fn now() -> Timestamp {
@@ -184,10 +187,22 @@ impl Service {
         Ok(self.members())
     }
 
+    /// Recounts the chunks in the store (a directory walk) for `NodeStatus`.
+    pub async fn refresh_chunk_count(&self) {
+        let chunks = self.chunks.clone();
+        match tokio::task::spawn_blocking(move || chunks.usage()).await {
+            Ok(Ok((count, _))) => self
+                .chunk_count
+                .store(count, std::sync::atomic::Ordering::Relaxed),
+            Ok(Err(e)) => tracing::warn!(error = %e, "counting chunks failed"),
+            Err(e) => tracing::warn!(error = %e, "counting chunks failed"),
+        }
+    }
+
     fn status(&self) -> Response {
         let metrics = self.raft.metrics().borrow().clone();
         let (disk_total_bytes, disk_free_bytes) = self.chunks.disk_space().unwrap_or((0, 0));
-        let chunk_count = self.chunks.usage().map(|(n, _)| n).unwrap_or(0);
+        let chunk_count = self.chunk_count.load(std::sync::atomic::Ordering::Relaxed);
         Response::NodeStatus(NodeStatus {
             node_id: self.node_id,
             addr: self.addr.clone(),
