@@ -115,6 +115,29 @@ impl Playground {
         plait(&args)
     }
 
+    /// Runs an admin command (`plait heal info`, ...) against this playground's nodes.
+    pub fn admin(&self, args: &[&str]) -> Result<String> {
+        let env = self.cmd("env", &[])?;
+        let mut cmd = Command::new(bin_dir()?.join("plait"));
+        cmd.args(args);
+        for pair in env.trim().trim_start_matches("export ").split_whitespace() {
+            if let Some((k, v)) = pair.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!(
+                "plait {} failed ({}):\n{}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Path of the node's log, for diagnostics.
     pub fn node_log(&self, k: u32) -> PathBuf {
         self.dir.path().join(format!("node{k}")).join("plaitd.log")
@@ -160,4 +183,58 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
+}
+
+/// Distinct bytes for file `i` of a test run tagged `tag`: between 1 KiB and
+/// `1 KiB + max_extra_bytes`, so that every file is one chunk of its own.
+pub fn content(tag: &str, i: usize, max_extra_bytes: usize) -> Vec<u8> {
+    let len = 1024 + (i * 7919) % max_extra_bytes.max(1);
+    let seed = blake3::hash(format!("{tag}-{i}").as_bytes());
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        out.extend_from_slice(seed.as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Where playground node `node` under `dir` keeps the chunk holding exactly `data`.
+pub fn chunk_file(dir: &Path, node: u32, data: &[u8]) -> PathBuf {
+    let hex = blake3::hash(data).to_hex().to_string();
+    dir.join(format!("node{node}"))
+        .join("data")
+        .join("chunks")
+        .join(&hex[..2])
+        .join(&hex[2..4])
+        .join(hex)
+}
+
+/// Whether the file at `path` exists and holds bytes hashing to its name's chunk id.
+pub fn chunk_intact(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    std::fs::read(path).is_ok_and(|bytes| blake3::hash(&bytes).to_hex().as_str() == name)
+}
+
+/// The metadata leader according to `playground status` (the LEADER column of a running
+/// node that knows one).
+pub fn leader(pg: &Playground) -> Option<u32> {
+    let out = pg.cmd("status", &[]).ok()?;
+    out.lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some("running"))
+        .filter_map(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .next()
+}
+
+/// Pending heal chunks per node, from `plait heal info --output json`.
+pub fn heal_pending(pg: &Playground) -> Result<Vec<(u64, u64)>> {
+    let out = pg.admin(&["heal", "info", "--output", "json"])?;
+    let rows: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(rows
+        .as_array()
+        .context("heal info: not a JSON array")?
+        .iter()
+        .filter_map(|r| Some((r["node"].as_u64()?, r["pending_chunks"].as_u64()?)))
+        .collect())
 }

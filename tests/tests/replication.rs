@@ -2,10 +2,10 @@
 //! replicas (write quorum 2), two mounts, and the metadata leader SIGKILLed mid-run.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use plait_tests::Playground;
+use plait_tests::{Playground, chunk_file, leader};
 
 /// Longest a single file write (create, write, close) may take while the leader fails
 /// over, retries included, in milliseconds. The target is 5 s; this bound is
@@ -17,24 +17,7 @@ const REPLICA_SETTLE_MS: u64 = 10_000;
 
 fn content(tag: &str, i: usize) -> Vec<u8> {
     // Different sizes (1 KiB .. ~200 KiB) and bytes per file: every file is one chunk.
-    let len = 1024 + (i * 7919) % (200 * 1024);
-    let seed = blake3::hash(format!("{tag}-{i}").as_bytes());
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        out.extend_from_slice(seed.as_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn chunk_file(dir: &Path, node: u32, data: &[u8]) -> PathBuf {
-    let hex = blake3::hash(data).to_hex().to_string();
-    dir.join(format!("node{node}"))
-        .join("data")
-        .join("chunks")
-        .join(&hex[..2])
-        .join(&hex[2..4])
-        .join(hex)
+    plait_tests::content(tag, i, 200 * 1024)
 }
 
 /// Nodes (1..=3) holding the chunk of `data`.
@@ -42,16 +25,6 @@ fn holders(dir: &Path, data: &[u8]) -> Vec<u32> {
     (1..=3)
         .filter(|n| chunk_file(dir, *n, data).exists())
         .collect()
-}
-
-/// The metadata leader according to `playground status` (the LEADER column of a node
-/// that knows one).
-fn leader(pg: &Playground) -> Option<u32> {
-    let out = pg.cmd("status", &[]).ok()?;
-    out.lines()
-        .filter(|l| l.split_whitespace().nth(2) == Some("running"))
-        .filter_map(|l| l.split_whitespace().nth(3)?.parse().ok())
-        .next()
 }
 
 /// Writes `data` to `path`, retrying a failed attempt (an op whose outcome was unknown

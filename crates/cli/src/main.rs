@@ -3,6 +3,7 @@
 mod admin;
 mod cluster;
 mod conn;
+mod heal;
 mod mount;
 mod playground;
 
@@ -28,6 +29,9 @@ enum Cmd {
     /// Volumes.
     #[command(subcommand)]
     Volume(admin::VolumeCmd),
+    /// Missing copies and healing them.
+    #[command(subcommand)]
+    Heal(heal::HealCmd),
     /// Every node's view of the cluster.
     Status(admin::StatusArgs),
     /// Mount a volume through FUSE.
@@ -70,6 +74,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Cluster(ClusterCmd::Init(args)) => cluster::init(&args),
         Cmd::Volume(cmd) => runtime()?.block_on(admin::volume(cmd)),
+        Cmd::Heal(cmd) => runtime()?.block_on(heal::run(cmd)),
         Cmd::Status(args) => runtime()?.block_on(admin::status(args)),
         // The mount builds its own runtime: fuser's loop blocks the calling thread.
         Cmd::Mount(args) => mount::run(&args),

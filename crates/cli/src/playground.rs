@@ -74,6 +74,12 @@ pub enum PlaygroundCmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Print the environment for admin commands against this playground
+    /// (`eval $(plait playground env --dir DIR)`).
+    Env {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Unmount everything and stop every process.
     Down {
         #[arg(long)]
@@ -506,6 +512,17 @@ pub async fn run(cmd: PlaygroundCmd) -> Result<()> {
             Ok(())
         }
         PlaygroundCmd::Status { dir } => status(&dir).await,
+        PlaygroundCmd::Env { dir } => {
+            let state = load(&dir)?;
+            let c = conn(&dir, &state);
+            let nodes: Vec<String> = c.nodes.iter().map(ToString::to_string).collect();
+            println!(
+                "export PLAIT_NODES={} PLAIT_TLS_DIR={}",
+                nodes.join(","),
+                c.tls_dir.display()
+            );
+            Ok(())
+        }
         PlaygroundCmd::Down { dir } => down(&dir),
     }
 }

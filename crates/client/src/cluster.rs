@@ -32,8 +32,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use plait_net::{NetError, RpcClient, TlsIdentity};
 use plait_proto::{
-    ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, NodeId, NodeStatus, Request, Response,
-    RpcError,
+    ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, MissingCopy, NodeId, NodeStatus, Request,
+    Response, RpcError,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -407,7 +407,12 @@ impl ClusterClient {
     /// transport failures until the deadline (a put is idempotent: content-addressed).
     /// With fewer than W acknowledgements the put fails with the most telling error:
     /// `NoSpace` if a node said so, else the first definite refusal, else `Unavailable`.
-    pub async fn put_chunk(&self, data: Vec<u8>, repl: Replication) -> Result<ChunkId, RpcError> {
+    pub async fn put_chunk(
+        &self,
+        data: Vec<u8>,
+        repl: Replication,
+    ) -> Result<StoredChunk, RpcError> {
+        let size_bytes = data.len() as u64;
         let (id, data) = hash_chunk(data).await?;
         let map = self.cluster_map().await?;
         let replicas = usize::try_from(repl.replicas.max(1)).unwrap_or(1);
@@ -425,6 +430,11 @@ impl ClusterClient {
         }
         let req = Arc::new(Request::ChunkPut { id, data });
         let deadline = Instant::now() + self.op_timeout;
+        let stored = StoredChunk {
+            id,
+            size_bytes,
+            outstanding: Arc::new(Mutex::new(targets.iter().map(|(n, _)| *n).collect())),
+        };
         let mut set = JoinSet::new();
         for (node, addr) in targets {
             let transport = self.transport.clone();
@@ -439,11 +449,12 @@ impl ClusterClient {
         let mut errors: Vec<RpcError> = Vec::new();
         while let Some(joined) = set.join_next().await {
             match joined {
-                Ok((_, _, Ok(()))) => {
+                Ok((node, _, Ok(()))) => {
+                    stored.acknowledged(node);
                     acked += 1;
                     if acked >= quorum {
-                        self.finish_in_background(id, set);
-                        return Ok(id);
+                        self.finish_in_background(&stored, set);
+                        return Ok(stored);
                     }
                 }
                 Ok((node, addr, Err(e))) => {
@@ -465,9 +476,10 @@ impl ClusterClient {
     /// otherwise aborts them and logs the chunk as under-replicated.
     fn finish_in_background(
         &self,
-        id: ChunkId,
+        stored: &StoredChunk,
         mut set: JoinSet<(NodeId, SocketAddr, Result<(), RpcError>)>,
     ) {
+        let id = stored.id;
         let remaining = set.len();
         if remaining == 0 {
             return;
@@ -477,11 +489,16 @@ impl ClusterClient {
         };
         match self.background_puts.clone().try_acquire_many_owned(permits) {
             Ok(permits) => {
+                let stored = stored.clone();
                 tokio::spawn(async move {
                     while let Some(joined) = set.join_next().await {
-                        if let Ok((node, addr, Err(e))) = joined {
-                            warn!(chunk = %id, node, %addr, error = %e,
-                                "background replica put failed; chunk under-replicated");
+                        match joined {
+                            Ok((node, _, Ok(()))) => stored.acknowledged(node),
+                            Ok((node, addr, Err(e))) => {
+                                warn!(chunk = %id, node, %addr, error = %e,
+                                    "background replica put failed; chunk under-replicated");
+                            }
+                            Err(_) => {}
                         }
                     }
                     drop(permits);
@@ -581,6 +598,16 @@ impl ClusterClient {
             Ok(Response::NodeStatus(s)) => Ok(s),
             Ok(Response::Error(e)) => Err(e),
             Ok(other) => Err(unexpected("NodeStatus", &other)),
+            Err(e) => Err(net_error(&e)),
+        }
+    }
+
+    /// Asks one node to start a heal pass now (one attempt, `rpc_timeout_ms`).
+    pub async fn heal_now(&self, addr: SocketAddr) -> Result<(), RpcError> {
+        match self.send(addr, &Request::HealNow, self.rpc_timeout).await {
+            Ok(Response::Meta(_)) => Ok(()),
+            Ok(Response::Error(e)) => Err(e),
+            Ok(other) => Err(unexpected("HealNow", &other)),
             Err(e) => Err(net_error(&e)),
         }
     }
@@ -934,3 +961,39 @@ fn jitter_ms(bound: u64) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+/// A chunk stored on at least its write quorum of placed nodes. The placed nodes that have
+/// not acknowledged their copy yet (still in flight, failed or abandoned) go into the heal
+/// index with the commit that references the chunk.
+#[derive(Debug, Clone)]
+pub struct StoredChunk {
+    /// The chunk's id.
+    pub id: ChunkId,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// Placed nodes without an acknowledged copy; shrinks as background copies finish.
+    outstanding: Arc<Mutex<Vec<NodeId>>>,
+}
+
+impl StoredChunk {
+    fn acknowledged(&self, node: NodeId) {
+        self.outstanding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|n| *n != node);
+    }
+
+    /// The copies still missing right now, as heal-index entries.
+    pub fn missing(&self) -> Vec<MissingCopy> {
+        self.outstanding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|&node| MissingCopy {
+                chunk: self.id,
+                node,
+                size_bytes: self.size_bytes,
+            })
+            .collect()
+    }
+}

@@ -285,7 +285,7 @@ impl FakeState {
                 attr.ctime = now;
                 Ok(MetaReply::Attr(attr.clone()))
             }
-            MetaOp::Write { ino, extents } => self.write(*ino, extents),
+            MetaOp::Write { ino, extents, .. } => self.write(*ino, extents),
             MetaOp::Reap { ino } => {
                 if !self.orphans.remove(ino) {
                     return Err(err(ErrorCode::InvalidArgument));

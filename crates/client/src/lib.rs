@@ -18,5 +18,6 @@ pub mod placement;
 
 pub use cluster::{
     ClientConfig, ClusterClient, OP_TIMEOUT_DEFAULT_MS, RPC_TIMEOUT_DEFAULT_MS, Replication,
+    StoredChunk,
 };
 pub use error::ClientError;

@@ -3,17 +3,20 @@
 
 use plait_proto::meta::{NewKind, RenameMode, SetAttr, TimeSet, XattrMode};
 use plait_proto::{
-    ChunkId, ErrorCode, Extent, FileKind, Ino, MetaOp, MetaReply, RpcError, Timestamp, VolumeInfo,
+    ChunkId, ErrorCode, Extent, FileKind, Ino, MetaOp, MetaReply, MissingCopy, NodeId, RpcError,
+    Timestamp, VolumeInfo,
 };
 
 use crate::keys;
 use crate::read;
-use crate::records::{DentryRec, ExtentRec, InodeRec, OrphanRec, VolumeRec, encode};
+use crate::records::{
+    DentryRec, ExtentRec, HealRec, InodeRec, OrphanRec, VolumeRec, decode, encode,
+};
 use crate::txn::Txn;
 use crate::validate;
 use crate::{
-    Command, DIR_DEPTH_MAX, FORGET_GARBAGE_MAX, Fail, KvRead, Mutation, NLINK_MAX, OpResult,
-    StoreError, refuse,
+    Command, DIR_DEPTH_MAX, FORGET_GARBAGE_MAX, Fail, HEAL_DONE_MAX, KvRead, Mutation, NLINK_MAX,
+    OpResult, StoreError, refuse,
 };
 
 /// The setgid bit: on a directory, new entries take its group and new subdirectories
@@ -82,7 +85,11 @@ impl<R: KvRead> Applier<'_, R> {
                 new_name,
             } => self.link(*ino, *new_parent, new_name),
             MetaOp::SetAttr { ino, set } => self.set_attr(*ino, set),
-            MetaOp::Write { ino, extents } => self.write(*ino, extents),
+            MetaOp::Write {
+                ino,
+                extents,
+                under_replicated,
+            } => self.write(*ino, extents, under_replicated),
             MetaOp::SetXattr {
                 ino,
                 name,
@@ -92,6 +99,8 @@ impl<R: KvRead> Applier<'_, R> {
             MetaOp::RemoveXattr { ino, name } => self.remove_xattr(*ino, name),
             MetaOp::Reap { ino } => self.reap(*ino),
             MetaOp::ForgetGarbage { chunks } => self.forget_garbage(chunks),
+            MetaOp::MarkUnderReplicated { copies } => self.mark_under_replicated(copies),
+            MetaOp::HealDone { node, chunks } => self.heal_done(*node, chunks),
         }
     }
 
@@ -482,10 +491,19 @@ impl<R: KvRead> Applier<'_, R> {
         Ok(MetaReply::Attr(rec.attr(ino)))
     }
 
-    fn write(&mut self, ino: Ino, extents: &[Extent]) -> OpResult<MetaReply> {
+    fn write(
+        &mut self,
+        ino: Ino,
+        extents: &[Extent],
+        under_replicated: &[MissingCopy],
+    ) -> OpResult<MetaReply> {
         let rec = read::require_inode(&self.txn, ino)?;
         read::require_file(&rec, ino)?;
         let extents = validate::write_extents(extents)?;
+        validate::missing_copies(under_replicated, |c| extents.iter().any(|e| e.chunk == *c))?;
+        for copy in under_replicated {
+            self.record_missing(copy)?;
+        }
         if extents.is_empty() {
             return Ok(MetaReply::Attr(rec.attr(ino)));
         }
@@ -591,6 +609,52 @@ impl<R: KvRead> Applier<'_, R> {
         for chunk in chunks {
             if self.txn.get(&keys::garbage(chunk))?.is_some() {
                 self.txn.delete(keys::garbage(chunk));
+            }
+        }
+        Ok(MetaReply::Empty)
+    }
+
+    // ---- heal index ----------------------------------------------------------------
+
+    /// Records that `copy.node` lacks its copy of `copy.chunk` (replacing an older entry).
+    fn record_missing(&mut self, copy: &MissingCopy) -> OpResult<()> {
+        let entry = HealRec {
+            size_bytes: copy.size_bytes,
+            since: self.now,
+        };
+        self.put(keys::heal(copy.node, &copy.chunk), &entry)
+    }
+
+    /// Records copies to heal, skipping chunks no extent references (nothing to heal).
+    fn mark_under_replicated(&mut self, copies: &[MissingCopy]) -> OpResult<MetaReply> {
+        validate::missing_copies(copies, |_| true)?;
+        for copy in copies {
+            if read::refcount(&self.txn, &copy.chunk)? > 0 {
+                self.record_missing(copy)?;
+            }
+        }
+        Ok(MetaReply::Empty)
+    }
+
+    /// Removes heal-index entries a node healed, each only if unchanged since it looked.
+    fn heal_done(&mut self, node: NodeId, chunks: &[(ChunkId, Timestamp)]) -> OpResult<MetaReply> {
+        if chunks.len() > HEAL_DONE_MAX {
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{} chunks in one HealDone (max {HEAL_DONE_MAX})",
+                    chunks.len()
+                ),
+            ));
+        }
+        for (chunk, since) in chunks {
+            let key = keys::heal(node, chunk);
+            let Some(bytes) = self.txn.get(&key)? else {
+                continue;
+            };
+            let entry: HealRec = decode(&key, &bytes)?;
+            if entry.since == *since {
+                self.txn.delete(key);
             }
         }
         Ok(MetaReply::Empty)

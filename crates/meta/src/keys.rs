@@ -1,7 +1,7 @@
 //! Key encoding. Every key starts with a one-byte prefix naming the record type; integers
 //! are big-endian so that byte order is numeric order and prefix scans come out sorted.
 
-use plait_proto::{ChunkId, Ino};
+use plait_proto::{ChunkId, Ino, NodeId};
 
 use crate::StoreError;
 
@@ -23,6 +23,8 @@ pub(crate) const VOLUME: u8 = b'V';
 pub(crate) const ORPHAN: u8 = b'O';
 /// Counter: `N` + counter name.
 pub(crate) const COUNTER: u8 = b'N';
+/// Heal-index entry (a copy a node is missing): `H` + node id + chunk id.
+pub(crate) const HEAL: u8 = b'H';
 
 /// Counter holding the next inode number to hand out.
 pub(crate) const NEXT_INO: &[u8] = b"next_ino";
@@ -95,6 +97,37 @@ fn with_chunk(tag: u8, chunk: &ChunkId) -> Vec<u8> {
 /// Key of a chunk's reference count.
 pub(crate) fn chunk_ref(chunk: &ChunkId) -> Vec<u8> {
     with_chunk(CHUNK_REF, chunk)
+}
+
+/// Prefix of every heal-index entry of `node`.
+pub(crate) fn heal_prefix(node: NodeId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 8 + 32);
+    k.push(HEAL);
+    k.extend_from_slice(&node.to_be_bytes());
+    k
+}
+
+/// Key of the heal-index entry "`node` is missing its copy of `chunk`".
+pub(crate) fn heal(node: NodeId, chunk: &ChunkId) -> Vec<u8> {
+    let mut k = heal_prefix(node);
+    k.extend_from_slice(&chunk.0);
+    k
+}
+
+/// The (node, chunk) of a heal-index key.
+pub(crate) fn heal_of(key: &[u8]) -> Result<(NodeId, ChunkId), StoreError> {
+    let node = key
+        .get(1..9)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(NodeId::from_be_bytes);
+    let chunk = key
+        .get(9..)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .map(ChunkId);
+    match (node, chunk) {
+        (Some(n), Some(c)) => Ok((n, c)),
+        _ => Err(corrupt_key("heal", key)),
+    }
 }
 
 /// Key of a chunk's garbage entry.

@@ -39,7 +39,7 @@ mod testutil;
 
 pub use mem::MemKv;
 
-use plait_proto::{ChunkId, MetaOp, MetaQuery, MetaReply, RpcError, Timestamp};
+use plait_proto::{ChunkId, HealEntry, MetaOp, MetaQuery, MetaReply, NodeId, RpcError, Timestamp};
 
 /// Most hard links to one non-directory inode (ext4's limit); more fail with EMLINK.
 pub const NLINK_MAX: u32 = 65_000;
@@ -57,6 +57,16 @@ pub const EXTENTS_MAX_PER_QUERY: usize = 4096;
 
 /// Most extents accepted in one `Write` op.
 pub const WRITE_MAX_EXTENTS: usize = 1024;
+
+/// Most missing copies one `Write` or `MarkUnderReplicated` may record (every extent's
+/// chunk missing on every other replica).
+pub const MISSING_COPIES_MAX: usize = WRITE_MAX_EXTENTS * REPLICAS_MAX as usize;
+
+/// Most chunks one `HealDone` may name.
+pub const HEAL_DONE_MAX: usize = 1024;
+
+/// Most heal-index entries returned by one `HealPending` query.
+pub const HEAL_PENDING_MAX_PER_QUERY: usize = 1024;
 
 /// Most chunk ids one `ForgetGarbage` may name.
 pub const FORGET_GARBAGE_MAX: usize = 1024;
@@ -185,6 +195,22 @@ pub fn garbage(
     limit: usize,
 ) -> Result<Vec<(ChunkId, Timestamp)>, StoreError> {
     query::garbage(state, after, limit)
+}
+
+/// The heal-index entries of `node` after chunk `after` (exclusive), at most `limit`: the
+/// copies that node must make. Read by the node's heal worker from its own applied state.
+pub fn heal_pending(
+    state: &impl KvRead,
+    node: NodeId,
+    after: Option<&ChunkId>,
+    limit: usize,
+) -> Result<Vec<HealEntry>, StoreError> {
+    query::heal_pending(state, node, after, limit)
+}
+
+/// Whether some extent references `chunk` (its copies are worth keeping and healing).
+pub fn is_referenced(state: &impl KvRead, chunk: &ChunkId) -> Result<bool, StoreError> {
+    Ok(read::refcount(state, chunk)? > 0)
 }
 
 /// All chunk ids referenced by some extent (the `C` keys) with their reference counts,

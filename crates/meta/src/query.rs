@@ -2,17 +2,17 @@
 //! and scrub workers.
 
 use plait_proto::{
-    ChunkId, DirEntry, ErrorCode, Extent, FileKind, FsStats, Ino, MetaQuery, MetaReply, RpcError,
-    Timestamp, VolumeInfo,
+    ChunkId, DirEntry, ErrorCode, Extent, FileKind, FsStats, HealEntry, HealNodeSummary, Ino,
+    MetaQuery, MetaReply, NodeId, RpcError, Timestamp, VolumeInfo,
 };
 
 use crate::keys;
 use crate::read;
-use crate::records::{DentryRec, VolumeRec, decode};
+use crate::records::{DentryRec, HealRec, VolumeRec, decode};
 use crate::validate;
 use crate::{
-    EXTENTS_MAX_PER_QUERY, INODES_MAX, KvRead, OpResult, READDIR_MAX_ENTRIES, StoreError,
-    XATTR_LIST_MAX_BYTES, refuse, split,
+    EXTENTS_MAX_PER_QUERY, HEAL_PENDING_MAX_PER_QUERY, INODES_MAX, KvRead, OpResult,
+    READDIR_MAX_ENTRIES, StoreError, XATTR_LIST_MAX_BYTES, refuse, split,
 };
 
 /// Entry point of [`crate::query`].
@@ -35,6 +35,18 @@ fn run(r: &impl KvRead, q: &MetaQuery) -> OpResult<MetaReply> {
         MetaQuery::GetXattr { ino, name } => get_xattr(r, *ino, name),
         MetaQuery::ListXattr { ino } => list_xattr(r, *ino),
         MetaQuery::FsStats => fs_stats(r),
+        MetaQuery::HealSummary => heal_summary(r),
+        MetaQuery::HealPending { node, after, limit } => {
+            let limit = usize::try_from(*limit)
+                .unwrap_or(HEAL_PENDING_MAX_PER_QUERY)
+                .min(HEAL_PENDING_MAX_PER_QUERY);
+            Ok(MetaReply::HealPending(heal_pending(
+                r,
+                *node,
+                after.as_ref(),
+                limit,
+            )?))
+        }
     }
 }
 
@@ -184,6 +196,57 @@ pub(crate) fn garbage(
         .iter()
         .map(|(k, v)| Ok((keys::chunk_of(k)?, decode(k, v)?)))
         .collect()
+}
+
+/// Entry point of [`crate::heal_pending`].
+pub(crate) fn heal_pending(
+    r: &impl KvRead,
+    node: NodeId,
+    after: Option<&ChunkId>,
+    limit: usize,
+) -> Result<Vec<HealEntry>, StoreError> {
+    let after = after.map(|c| keys::heal(node, c));
+    r.scan(&keys::heal_prefix(node), after.as_deref(), limit)?
+        .iter()
+        .map(|(k, v)| {
+            let (_, chunk) = keys::heal_of(k)?;
+            let rec: HealRec = decode(k, v)?;
+            Ok(HealEntry {
+                chunk,
+                size_bytes: rec.size_bytes,
+                since: rec.since,
+            })
+        })
+        .collect()
+}
+
+/// Pending heal work per node: one pass over the whole heal index, in pages.
+fn heal_summary(r: &impl KvRead) -> OpResult<MetaReply> {
+    const PAGE: usize = 4096;
+    let mut out: Vec<HealNodeSummary> = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = r.scan(&[keys::HEAL], after.as_deref(), PAGE)?;
+        for (k, v) in &page {
+            let (node, _) = keys::heal_of(k)?;
+            let rec: HealRec = decode(k, v)?;
+            match out.last_mut() {
+                Some(s) if s.node == node => {
+                    s.chunks += 1;
+                    s.bytes = s.bytes.saturating_add(rec.size_bytes);
+                }
+                _ => out.push(HealNodeSummary {
+                    node,
+                    chunks: 1,
+                    bytes: rec.size_bytes,
+                }),
+            }
+        }
+        if page.len() < PAGE {
+            return Ok(MetaReply::HealSummary(out));
+        }
+        after = page.last().map(|(k, _)| k.clone());
+    }
 }
 
 /// Entry point of [`crate::referenced_chunks`].

@@ -124,6 +124,15 @@ pub(crate) struct OrphanRec {
     pub since: Timestamp,
 }
 
+/// A heal-index entry (`H` key, which holds the node and the chunk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HealRec {
+    /// The chunk's size in bytes.
+    pub size_bytes: u64,
+    /// When the entry was recorded; also its version for `HealDone`.
+    pub since: Timestamp,
+}
+
 /// Encodes a record. Our records are far below the codec's size limit, so a failure means
 /// something is badly wrong; it is reported as corruption rather than a panic.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {

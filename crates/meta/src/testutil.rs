@@ -181,6 +181,7 @@ impl Fs {
         self.exec(MetaOp::Write {
             ino,
             extents: extents.to_vec(),
+            under_replicated: Vec::new(),
         })
     }
 
@@ -360,6 +361,10 @@ impl State {
                 }
                 keys::ORPHAN => {
                     s.orphans.insert(ino_of(k));
+                }
+                keys::HEAL => {
+                    let _: crate::records::HealRec = decode(k, v).unwrap();
+                    keys::heal_of(k).unwrap();
                 }
                 keys::COUNTER => {
                     s.counters.insert(k[1..].to_vec(), decode(k, v).unwrap());

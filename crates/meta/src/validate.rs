@@ -2,11 +2,13 @@
 
 use plait_proto::meta::NewKind;
 use plait_proto::{
-    CHUNK_MAX_BYTES, ErrorCode, Extent, FILE_MAX_BYTES, NAME_MAX_BYTES, SYMLINK_MAX_BYTES,
-    XATTR_NAME_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
+    CHUNK_MAX_BYTES, ChunkId, ErrorCode, Extent, FILE_MAX_BYTES, MissingCopy, NAME_MAX_BYTES,
+    SYMLINK_MAX_BYTES, XATTR_NAME_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
 };
 
-use crate::{OpResult, REPLICAS_MAX, VOLUME_NAME_MAX_BYTES, WRITE_MAX_EXTENTS, refuse};
+use crate::{
+    MISSING_COPIES_MAX, OpResult, REPLICAS_MAX, VOLUME_NAME_MAX_BYTES, WRITE_MAX_EXTENTS, refuse,
+};
 
 /// A directory entry name: not empty, `.` or `..`, no `/` or NUL, at most 255 bytes.
 pub(crate) fn name(name: &[u8]) -> OpResult<()> {
@@ -181,6 +183,35 @@ fn one_extent(e: &Extent) -> OpResult<()> {
             ),
         )),
     }
+}
+
+/// The missing copies named by one op: at most [`MISSING_COPIES_MAX`], each naming a real
+/// node (id > 0), a chunk for which `allowed` holds, and a size within one chunk.
+pub(crate) fn missing_copies(
+    copies: &[MissingCopy],
+    allowed: impl Fn(&ChunkId) -> bool,
+) -> OpResult<()> {
+    if copies.len() > MISSING_COPIES_MAX {
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            format!(
+                "{} missing copies in one op, at most {MISSING_COPIES_MAX}",
+                copies.len()
+            ),
+        ));
+    }
+    for c in copies {
+        if c.node == 0 || c.size_bytes > CHUNK_MAX_BYTES as u64 || !allowed(&c.chunk) {
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "missing copy of chunk {} on node {} ({} bytes) is not valid here",
+                    c.chunk, c.node, c.size_bytes
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

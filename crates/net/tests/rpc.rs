@@ -49,6 +49,8 @@ impl Handler for Echo {
                 disk_total_bytes: 3,
                 disk_free_bytes: 4,
                 chunk_count: 5,
+                healed_chunks: 0,
+                healed_bytes: 0,
             }),
             _ => Response::ChunkStored,
         }

@@ -48,6 +48,9 @@ pub struct Args {
     /// Pause between GC passes.
     #[arg(long)]
     pub gc_interval_ms: Option<u64>,
+    /// Pause between heal passes (copies this node is missing, from the heal index).
+    #[arg(long)]
+    pub heal_interval_ms: Option<u64>,
     /// Raft heartbeat interval.
     #[arg(long)]
     pub heartbeat_ms: Option<u64>,
@@ -77,6 +80,7 @@ struct FileConfig {
     bootstrap: Option<bool>,
     gc_grace_ms: Option<u64>,
     gc_interval_ms: Option<u64>,
+    heal_interval_ms: Option<u64>,
     heartbeat_ms: Option<u64>,
     election_min_ms: Option<u64>,
     election_max_ms: Option<u64>,
@@ -97,6 +101,7 @@ pub struct Config {
     pub bootstrap: bool,
     pub gc_grace_ms: u64,
     pub gc_interval_ms: u64,
+    pub heal_interval_ms: u64,
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
@@ -137,6 +142,10 @@ impl Config {
             bootstrap: args.bootstrap || file.bootstrap.unwrap_or(false),
             gc_grace_ms: args.gc_grace_ms.or(file.gc_grace_ms).unwrap_or(120_000),
             gc_interval_ms: args.gc_interval_ms.or(file.gc_interval_ms).unwrap_or(5_000),
+            heal_interval_ms: args
+                .heal_interval_ms
+                .or(file.heal_interval_ms)
+                .unwrap_or(1_000),
             heartbeat_ms: args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(250),
             election_min_ms: args
                 .election_min_ms
@@ -165,6 +174,9 @@ impl Config {
         }
         if self.gc_interval_ms == 0 {
             bail!("gc_interval_ms must be > 0");
+        }
+        if self.heal_interval_ms == 0 {
+            bail!("heal_interval_ms must be > 0");
         }
         Ok(())
     }

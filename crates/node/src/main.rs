@@ -7,6 +7,7 @@
 
 mod config;
 mod gc;
+mod heal;
 mod network;
 mod raft_types;
 mod service;
@@ -14,6 +15,7 @@ mod store;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -76,7 +78,7 @@ async fn run(cfg: Config) -> Result<()> {
     let raft = openraft::Raft::new(
         cfg.node_id,
         raft_config(&cfg)?,
-        network::Network::new(rpc),
+        network::Network::new(rpc.clone()),
         log_store,
         state_machine,
     )
@@ -91,7 +93,11 @@ async fn run(cfg: Config) -> Result<()> {
         raft: raft.clone(),
         db,
         chunks,
-        chunk_count: std::sync::atomic::AtomicU64::new(0),
+        chunk_count: AtomicU64::new(0),
+        rpc,
+        heal_trigger: tokio::sync::Notify::new(),
+        healed_chunks: AtomicU64::new(0),
+        healed_bytes: AtomicU64::new(0),
     });
 
     if cfg.bootstrap && !raft.is_initialized().await? {
@@ -120,11 +126,15 @@ async fn run(cfg: Config) -> Result<()> {
         Duration::from_millis(cfg.gc_interval_ms),
         Duration::from_millis(cfg.gc_grace_ms),
     ));
+    tokio::spawn(heal::run(
+        service.clone(),
+        Duration::from_millis(cfg.heal_interval_ms),
+    ));
     tracing::info!(node_id = cfg.node_id, listen = %cfg.listen, "plaitd serving");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = server.run(service.clone()) => {}
+        _ = server.run(Arc::new(service::Handler(service.clone()))) => {}
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
     }

@@ -2,17 +2,21 @@
 //! metadata group (through Raft), the chunk store, or the Raft instance itself.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::ChangeMembers;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
-use plait_chunks::ChunkStore;
+use plait_chunks::{ChunkError, ChunkStore};
 use plait_meta::Command;
+use plait_net::RpcClient;
 use plait_proto::{
-    ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, NodeStatus, RaftRpc, Request, Response,
-    RpcError, Timestamp,
+    ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, MissingCopy, NodeStatus, RaftRpc, Request,
+    Response, RpcError, Timestamp,
 };
+use tokio::sync::Notify;
 
 use crate::raft_types::Raft;
 use crate::store::Db;
@@ -31,8 +35,19 @@ pub struct Service {
     pub chunks: Arc<ChunkStore>,
     /// Chunks stored here, as last counted by [`Service::refresh_chunk_count`]: counting
     /// walks the whole store, too slow for `NodeStatus`, which clients use as a probe.
-    pub chunk_count: std::sync::atomic::AtomicU64,
+    pub chunk_count: AtomicU64,
+    /// Client for calls to other nodes (forwarded proposals, heal fetches).
+    pub rpc: RpcClient,
+    /// Wakes the heal worker for a pass now.
+    pub heal_trigger: Notify,
+    /// Copies made by the heal worker since start.
+    pub healed_chunks: AtomicU64,
+    /// Bytes of those copies.
+    pub healed_bytes: AtomicU64,
 }
+
+/// Bound on one proposal forwarded to the leader by a node's own workers.
+const FORWARD_TIMEOUT_MS: u64 = 5_000;
 
 fn now() -> Timestamp {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
@@ -62,6 +77,39 @@ impl Service {
             Ok(resp) => resp.data,
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(&f)),
             Err(e) => Err(RpcError::new(ErrorCode::Unavailable, e.to_string())),
+        }
+    }
+
+    /// Proposes a change from this node's own workers: directly if this node leads,
+    /// else through the leader it knows of. Only for idempotent ops (heal bookkeeping):
+    /// an op whose answer was lost may have been applied.
+    pub async fn propose_anywhere(&self, op: MetaOp) -> Result<MetaReply, RpcError> {
+        let e = match self.propose(op.clone()).await {
+            Err(e) if e.code == ErrorCode::NotLeader => e,
+            other => return other,
+        };
+        let Some(leader) = e
+            .leader_hint
+            .as_deref()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+        else {
+            return Err(RpcError::new(
+                ErrorCode::Unavailable,
+                "no metadata leader known",
+            ));
+        };
+        let timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
+        match self.rpc.call(leader, &Request::Meta(op), timeout).await {
+            Ok(Response::Meta(reply)) => Ok(reply),
+            Ok(Response::Error(e)) => Err(e),
+            Ok(other) => Err(RpcError::new(
+                ErrorCode::Protocol,
+                format!("leader {leader} answered {other:?}"),
+            )),
+            Err(e) => Err(RpcError::new(
+                ErrorCode::Unavailable,
+                format!("leader {leader}: {e}"),
+            )),
         }
     }
 
@@ -105,13 +153,39 @@ impl Service {
         }
     }
 
-    async fn chunk_get(&self, id: ChunkId) -> Response {
+    async fn chunk_get(self: &Arc<Self>, id: ChunkId) -> Response {
         let chunks = self.chunks.clone();
         match tokio::task::spawn_blocking(move || chunks.get(&id)).await {
             Ok(Ok(data)) => Response::Chunk(data),
-            Ok(Err(e)) => error(RpcError::new(e.code(), e.to_string())),
+            Ok(Err(e)) => {
+                if matches!(e, ChunkError::Corrupt { .. }) {
+                    self.report_corrupt(id);
+                }
+                error(RpcError::new(e.code(), e.to_string()))
+            }
             Err(e) => error(RpcError::new(ErrorCode::Io, e.to_string())),
         }
+    }
+
+    /// Records this node's copy of `id` as needing heal (in the background: the reader
+    /// has already moved on to another replica) and wakes the heal worker.
+    fn report_corrupt(self: &Arc<Self>, id: ChunkId) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let op = MetaOp::MarkUnderReplicated {
+                copies: vec![MissingCopy {
+                    chunk: id,
+                    node: service.node_id,
+                    size_bytes: 0,
+                }],
+            };
+            match service.propose_anywhere(op).await {
+                Ok(_) => service.heal_trigger.notify_one(),
+                Err(e) => {
+                    tracing::warn!(chunk = %id, error = %e, "recording a corrupt copy failed")
+                }
+            }
+        });
     }
 
     async fn raft_rpc(&self, rpc: RaftRpc) -> Response {
@@ -191,9 +265,7 @@ impl Service {
     pub async fn refresh_chunk_count(&self) {
         let chunks = self.chunks.clone();
         match tokio::task::spawn_blocking(move || chunks.usage()).await {
-            Ok(Ok((count, _))) => self
-                .chunk_count
-                .store(count, std::sync::atomic::Ordering::Relaxed),
+            Ok(Ok((count, _))) => self.chunk_count.store(count, Ordering::Relaxed),
             Ok(Err(e)) => tracing::warn!(error = %e, "counting chunks failed"),
             Err(e) => tracing::warn!(error = %e, "counting chunks failed"),
         }
@@ -202,7 +274,7 @@ impl Service {
     fn status(&self) -> Response {
         let metrics = self.raft.metrics().borrow().clone();
         let (disk_total_bytes, disk_free_bytes) = self.chunks.disk_space().unwrap_or((0, 0));
-        let chunk_count = self.chunk_count.load(std::sync::atomic::Ordering::Relaxed);
+        let chunk_count = self.chunk_count.load(Ordering::Relaxed);
         Response::NodeStatus(NodeStatus {
             node_id: self.node_id,
             addr: self.addr.clone(),
@@ -212,12 +284,24 @@ impl Service {
             disk_total_bytes,
             disk_free_bytes,
             chunk_count,
+            healed_chunks: self.healed_chunks.load(Ordering::Relaxed),
+            healed_bytes: self.healed_bytes.load(Ordering::Relaxed),
         })
     }
 }
 
-impl plait_net::Handler for Service {
+/// The service as the QUIC server calls it: a shared handle, so request handlers can start
+/// background work (such as recording a corrupt copy) that outlives the request.
+pub struct Handler(pub Arc<Service>);
+
+impl plait_net::Handler for Handler {
     async fn handle(&self, req: Request) -> Response {
+        self.0.handle(req).await
+    }
+}
+
+impl Service {
+    async fn handle(self: &Arc<Self>, req: Request) -> Response {
         match req {
             Request::Meta(op) => match self.propose(op).await {
                 Ok(r) => Response::Meta(r),
@@ -236,6 +320,10 @@ impl plait_net::Handler for Service {
                 Ok(members) => Response::Members(members),
                 Err(e) => error(e),
             },
+            Request::HealNow => {
+                self.heal_trigger.notify_one();
+                Response::Meta(MetaReply::Empty)
+            }
         }
     }
 }

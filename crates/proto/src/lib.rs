@@ -11,7 +11,7 @@ pub mod types;
 
 pub use codec::{CodecError, decode, encode};
 pub use error::{ErrorCode, RpcError};
-pub use meta::{MetaOp, MetaQuery, MetaReply};
+pub use meta::{HealEntry, HealNodeSummary, MetaOp, MetaQuery, MetaReply, MissingCopy};
 pub use types::*;
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,9 @@ pub enum Request {
     /// leadership check): the cluster map chunk placement uses. Answered with
     /// [`Response::Members`].
     Members,
+    /// Start a heal pass on this node now (instead of at its next interval). Answered
+    /// with [`Response::Meta`]`(MetaReply::Empty)`.
+    HealNow,
 }
 
 /// Raft messages between voters, opaque to everyone but the node crate.

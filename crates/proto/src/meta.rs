@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Attr, DirEntry, Extent, FsStats, Ino, Timestamp, VolumeInfo};
+use crate::{Attr, ChunkId, DirEntry, Extent, FsStats, Ino, NodeId, Timestamp, VolumeInfo};
 
 /// What kind of object to create, with what only that kind needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +159,9 @@ pub enum MetaOp {
         ino: Ino,
         /// New extents, non-overlapping, each at most one chunk long.
         extents: Vec<Extent>,
+        /// Placed replicas of these extents' chunks that had not acknowledged their copy
+        /// when the writer committed: recorded in the heal index in the same commit.
+        under_replicated: Vec<MissingCopy>,
     },
     /// Set an extended attribute.
     SetXattr {
@@ -188,6 +191,21 @@ pub enum MetaOp {
     ForgetGarbage {
         /// Chunk ids, at most 1024.
         chunks: Vec<crate::ChunkId>,
+    },
+    /// Record copies that must be (re)made: a node found its copy corrupt, or a reader
+    /// found a copy bad or missing. Entries for chunks no extent references are ignored.
+    MarkUnderReplicated {
+        /// The copies to heal.
+        copies: Vec<MissingCopy>,
+    },
+    /// A node made (or verified) its copies: remove their heal-index entries, each only if
+    /// it is still the entry the node saw (same `since`), so an entry recorded again in the
+    /// meantime stays.
+    HealDone {
+        /// The node whose copies these are.
+        node: NodeId,
+        /// (chunk, `since` of the entry that was healed).
+        chunks: Vec<(ChunkId, Timestamp)>,
     },
 }
 
@@ -250,6 +268,50 @@ pub enum MetaQuery {
     },
     /// Filesystem figures for statfs.
     FsStats,
+    /// Pending heal work per node (counts and bytes over the whole heal index).
+    HealSummary,
+    /// A page of one node's heal-index entries in chunk-id order, after `after`.
+    HealPending {
+        /// The node whose missing copies to list.
+        node: NodeId,
+        /// Continue after this chunk id; `None` starts at the beginning.
+        after: Option<ChunkId>,
+        /// Most entries to return (the node caps it).
+        limit: u32,
+    },
+}
+
+/// One copy of a chunk that a placed node does not have (yet): a heal-index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingCopy {
+    /// The chunk.
+    pub chunk: ChunkId,
+    /// The node that should hold a copy.
+    pub node: NodeId,
+    /// The chunk's size, for `heal info` byte counts.
+    pub size_bytes: u64,
+}
+
+/// A heal-index entry as stored: what is missing and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealEntry {
+    /// The chunk.
+    pub chunk: ChunkId,
+    /// The chunk's size in bytes.
+    pub size_bytes: u64,
+    /// Commit time of the entry (also its version for [`MetaOp::HealDone`]).
+    pub since: Timestamp,
+}
+
+/// Pending heal work of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealNodeSummary {
+    /// The node missing the copies.
+    pub node: NodeId,
+    /// Chunks it is missing.
+    pub chunks: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
 }
 
 /// The successful result of a [`MetaOp`] or [`MetaQuery`].
@@ -291,4 +353,8 @@ pub enum MetaReply {
     XattrNames(Vec<Vec<u8>>),
     /// Filesystem figures.
     FsStats(FsStats),
+    /// Pending heal work, one entry per node with any.
+    HealSummary(Vec<HealNodeSummary>),
+    /// A page of one node's heal-index entries.
+    HealPending(Vec<HealEntry>),
 }

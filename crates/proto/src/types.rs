@@ -189,4 +189,8 @@ pub struct NodeStatus {
     pub disk_free_bytes: u64,
     /// Chunks stored on this node.
     pub chunk_count: u64,
+    /// Copies this node's heal worker made since it started.
+    pub healed_chunks: u64,
+    /// Their bytes.
+    pub healed_bytes: u64,
 }

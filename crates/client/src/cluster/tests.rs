@@ -67,6 +67,8 @@ fn status() -> Result<Response, NetError> {
         disk_total_bytes: 0,
         disk_free_bytes: 0,
         chunk_count: 0,
+        healed_chunks: 0,
+        healed_bytes: 0,
     }))
 }
 
@@ -250,7 +252,8 @@ async fn put_chunk_sends_the_hash_of_the_bytes_and_retries() {
     let id = client
         .put_chunk(data.clone(), Replication::SINGLE)
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     assert_eq!(id, ChunkId::of(&data));
     assert_eq!(*seen.lock().unwrap(), Some((id, data.len())));
     assert_eq!(*calls.lock().unwrap(), 2);
@@ -273,7 +276,11 @@ async fn put_chunk_goes_to_the_placed_replicas_and_returns_at_quorum() {
         replicas: 3,
         write_quorum: 2,
     };
-    assert_eq!(client.put_chunk(data, repl).await.unwrap(), id);
+    let stored = client.put_chunk(data, repl).await.unwrap();
+    assert_eq!(stored.id, id);
+    // The dead replica never acknowledged: it is what the commit records for heal.
+    let missing: Vec<u64> = stored.missing().iter().map(|m| m.node).collect();
+    assert_eq!(missing, vec![placed[0]]);
     let mut stored: Vec<u64> = without_map(&calls)
         .into_iter()
         .filter(|(p, _)| *p != dead)

@@ -9,7 +9,7 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
 use super::cache::{ChunkCache, ChunkData};
-use crate::{ClusterClient, Replication};
+use crate::{ClusterClient, Replication, StoredChunk};
 
 /// Chunk fetches of one read in flight at once.
 const FETCH_IN_FLIGHT_MAX: usize = 4;
@@ -115,14 +115,14 @@ impl ChunkIo {
         Ok(out)
     }
 
-    /// Stores `data` as a chunk and returns its id; small chunks are also cached.
-    pub(crate) async fn put(&self, data: Vec<u8>) -> Result<ChunkId, RpcError> {
+    /// Stores `data` as a chunk (at its write quorum); small chunks are also cached.
+    pub(crate) async fn put(&self, data: Vec<u8>) -> Result<StoredChunk, RpcError> {
         let keep = (data.len() <= WRITE_CACHE_CHUNK_MAX_BYTES).then(|| Arc::new(data.clone()));
-        let id = self.client.put_chunk(data, self.replication).await?;
+        let stored = self.client.put_chunk(data, self.replication).await?;
         if let Some(data) = keep {
-            self.cache.insert(id, data);
+            self.cache.insert(stored.id, data);
         }
-        Ok(id)
+        Ok(stored)
     }
 
     /// The chunk cache (for statistics and tests).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use plait_proto::meta::{NewKind, SetAttr, TimeSet};
 use plait_proto::{
     Attr, CHUNK_MAX_BYTES, ErrorCode, Extent, FILE_MAX_BYTES, Ino, MetaOp, MetaQuery, MetaReply,
+    MissingCopy,
 };
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -14,6 +15,8 @@ use super::dirty::DirtyBuffer;
 use super::extents::{ExtentWindow, assemble, chunks_needed, window_for};
 use super::inode::InodeEntry;
 use super::names::{OpenIntent, check_name, may_open};
+use crate::StoredChunk;
+
 use super::{FsError, PlaitFs, WRITE_EXTENTS_MAX, expect_attr, lock, unexpected};
 
 /// Chunk uploads of one flush in flight at once.
@@ -423,12 +426,20 @@ impl PlaitFs {
         ino: Ino,
         snapshot: &Arc<DirtyBuffer>,
     ) -> Result<(), FsError> {
-        let extents = self.upload(snapshot).await?;
-        for batch in extents.chunks(WRITE_EXTENTS_MAX) {
+        let uploaded = self.upload(snapshot).await?;
+        for batch in uploaded.chunks(WRITE_EXTENTS_MAX) {
+            // Copies not acknowledged by now go into the heal index with this commit.
+            let mut under_replicated: Vec<MissingCopy> = batch
+                .iter()
+                .flat_map(|(_, stored)| stored.missing())
+                .collect();
+            under_replicated.sort_by_key(|m| (m.node, m.chunk));
+            under_replicated.dedup_by_key(|m| (m.node, m.chunk));
             self.client
                 .meta(MetaOp::Write {
                     ino,
-                    extents: batch.to_vec(),
+                    extents: batch.iter().map(|(e, _)| *e).collect(),
+                    under_replicated,
                 })
                 .await?;
         }
@@ -436,8 +447,11 @@ impl PlaitFs {
     }
 
     /// Stores every piece of `snapshot` as a chunk, [`PUT_IN_FLIGHT_MAX`] at a time, and
-    /// returns the extents in offset order.
-    async fn upload(&self, snapshot: &Arc<DirtyBuffer>) -> Result<Vec<Extent>, FsError> {
+    /// returns the extents in offset order, each with its stored chunk.
+    async fn upload(
+        &self,
+        snapshot: &Arc<DirtyBuffer>,
+    ) -> Result<Vec<(Extent, StoredChunk)>, FsError> {
         let pieces = snapshot.pieces(CHUNK_MAX_BYTES as u64);
         let mut extents = Vec::with_capacity(pieces.len());
         let mut set = JoinSet::new();
@@ -451,13 +465,14 @@ impl PlaitFs {
                     .to_vec();
                 let chunks = self.chunks.clone();
                 set.spawn(async move {
-                    let chunk = chunks.put(data).await?;
-                    Ok::<_, FsError>(Extent {
+                    let stored = chunks.put(data).await?;
+                    let extent = Extent {
                         file_offset: piece.file_offset,
                         len: piece.len,
-                        chunk,
+                        chunk: stored.id,
                         chunk_offset: 0,
-                    })
+                    };
+                    Ok::<_, FsError>((extent, stored))
                 });
             }
             let Some(joined) = set.join_next().await else {
@@ -468,7 +483,7 @@ impl PlaitFs {
             })??;
             extents.push(extent);
         }
-        extents.sort_by_key(|e| e.file_offset);
+        extents.sort_by_key(|(e, _)| e.file_offset);
         Ok(extents)
     }
 }

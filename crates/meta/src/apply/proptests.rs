@@ -261,6 +261,7 @@ fn any_op() -> impl Strategy<Value = MetaOp> {
         2 => (ino(), 0u64..64, 1u64..32, 0u8..4).prop_map(|(ino, off, len, c)| MetaOp::Write {
             ino,
             extents: vec![Extent { file_offset: off, len, chunk: chunk(c), chunk_offset: 0 }],
+            under_replicated: vec![plait_proto::MissingCopy { chunk: chunk(c), node: 2, size_bytes: len }],
         }),
         1 => (ino(), 0u64..80).prop_map(|(ino, size)| MetaOp::SetAttr {
             ino, set: SetAttr { size: Some(size), ..SetAttr::default() }
@@ -402,6 +403,7 @@ fn resolve(fs: &Fs, op: &PickedOp) -> Option<MetaOp> {
                 chunk: chunk(c),
                 chunk_offset: 0,
             }],
+            under_replicated: Vec::new(),
         },
         PickedOp::Truncate(x, size) => MetaOp::SetAttr {
             ino: pick(&files, x).or_else(|| pick(&inos, x))?,

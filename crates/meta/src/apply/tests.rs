@@ -1022,6 +1022,7 @@ fn writes_read_only_the_extents_they_overlap() {
             MetaOp::Write {
                 ino: f,
                 extents: vec![new],
+                under_replicated: Vec::new(),
             },
         );
         assert!(entries < 40, "write {new:?} read {entries} entries");
@@ -1348,6 +1349,7 @@ fn every_value_of_a_store_of_noise_fails_cleanly() {
         MetaOp::Write {
             ino: f,
             extents: vec![ext(5, 10, 2)],
+            under_replicated: Vec::new(),
         },
         MetaOp::Reap { ino: f },
         MetaOp::CreateVolume {
@@ -1451,4 +1453,121 @@ fn forget_garbage_drops_only_unreferenced_entries() {
         code(fs.exec(MetaOp::ForgetGarbage { chunks: too_many })),
         ErrorCode::InvalidArgument
     );
+}
+
+fn missing(n: u8, node: u64) -> plait_proto::MissingCopy {
+    plait_proto::MissingCopy {
+        chunk: chunk(n),
+        node,
+        size_bytes: 10,
+    }
+}
+
+fn pending(fs: &Fs, node: u64) -> Vec<plait_proto::HealEntry> {
+    match fs.q(MetaQuery::HealPending {
+        node,
+        after: None,
+        limit: 100,
+    }) {
+        Ok(MetaReply::HealPending(p)) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn heal_summary(fs: &Fs) -> Vec<plait_proto::HealNodeSummary> {
+    match fs.q(MetaQuery::HealSummary) {
+        Ok(MetaReply::HealSummary(s)) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn write_records_under_replicated_copies_in_the_same_commit() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    fs.exec(MetaOp::Write {
+        ino: f,
+        extents: vec![ext(0, 10, 1), ext(10, 10, 2)],
+        under_replicated: vec![missing(1, 3), missing(2, 3), missing(2, 2)],
+    })
+    .unwrap();
+    let p3 = pending(&fs, 3);
+    assert_eq!(p3.len(), 2);
+    assert_eq!(p3[0].chunk, chunk(1));
+    assert_eq!(pending(&fs, 2).len(), 1);
+    assert!(pending(&fs, 1).is_empty());
+    let summary = heal_summary(&fs);
+    assert_eq!(summary.len(), 2);
+    assert_eq!(
+        (summary[0].node, summary[0].chunks, summary[0].bytes),
+        (2, 1, 10)
+    );
+    assert_eq!(
+        (summary[1].node, summary[1].chunks, summary[1].bytes),
+        (3, 2, 20)
+    );
+    // Nothing is recorded for a chunk the write does not reference, nor for node 0.
+    for bad in [missing(9, 3), missing(1, 0)] {
+        assert_eq!(
+            code(fs.exec(MetaOp::Write {
+                ino: f,
+                extents: vec![ext(0, 10, 1)],
+                under_replicated: vec![bad],
+            })),
+            ErrorCode::InvalidArgument
+        );
+    }
+    assert_eq!(pending(&fs, 3).len(), 2);
+}
+
+#[test]
+fn heal_done_removes_only_the_entry_the_node_saw() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    fs.exec(MetaOp::Write {
+        ino: f,
+        extents: vec![ext(0, 10, 1), ext(10, 10, 2)],
+        under_replicated: vec![missing(1, 3), missing(2, 3)],
+    })
+    .unwrap();
+    let seen = pending(&fs, 3);
+    // Chunk 2 is found missing again after the node looked: that entry must stay.
+    fs.exec(MetaOp::MarkUnderReplicated {
+        copies: vec![missing(2, 3)],
+    })
+    .unwrap();
+    fs.exec(MetaOp::HealDone {
+        node: 3,
+        chunks: seen.iter().map(|e| (e.chunk, e.since)).collect(),
+    })
+    .unwrap();
+    let left = pending(&fs, 3);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].chunk, chunk(2));
+    let too_many = vec![(chunk(1), ts(0)); crate::HEAL_DONE_MAX + 1];
+    assert_eq!(
+        code(fs.exec(MetaOp::HealDone {
+            node: 3,
+            chunks: too_many
+        })),
+        ErrorCode::InvalidArgument
+    );
+}
+
+#[test]
+fn mark_under_replicated_ignores_unreferenced_chunks() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    fs.write(f, &[ext(0, 10, 1)]).unwrap();
+    fs.exec(MetaOp::MarkUnderReplicated {
+        copies: vec![missing(1, 2), missing(7, 2)],
+    })
+    .unwrap();
+    let p = pending(&fs, 2);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].chunk, chunk(1));
+    assert!(crate::is_referenced(&fs.kv, &chunk(1)).unwrap());
+    assert!(!crate::is_referenced(&fs.kv, &chunk(7)).unwrap());
+    let page = crate::heal_pending(&fs.kv, 2, Some(&chunk(1)), 10).unwrap();
+    assert!(page.is_empty());
 }
