@@ -234,3 +234,62 @@ fn a_hung_leader_stalls_writes_only_until_failover() {
     }
     assert_eq!(fs::read(m.join("after-0")).unwrap(), after);
 }
+
+/// Operation timeout of playground mounts (`plait playground`), in milliseconds.
+const PLAYGROUND_OP_TIMEOUT_MS: u128 = 10_000;
+
+/// Slack on top of the operation timeout for process start-up, the kernel and a loaded
+/// machine, in milliseconds.
+const ERROR_SLACK_MS: u128 = 10_000;
+
+/// One file-system call tried while the cluster has no majority.
+type Attempt<'a> = Box<dyn Fn() -> std::io::Result<()> + 'a>;
+
+#[test]
+fn two_of_three_down_fails_within_the_timeout_and_recovers() {
+    let pg = Playground::up(3, 3, &[]).unwrap();
+    let m = pg.mnt.clone();
+    let before = content("quorum-before", 0);
+    fs::write(m.join("before"), &before).unwrap();
+    let survivor = leader(&pg).expect("no leader");
+    let down: Vec<u32> = (1..=3).filter(|n| *n != survivor).collect();
+    for n in &down {
+        pg.cmd("stop-node", &[&n.to_string()]).unwrap();
+    }
+    eprintln!("nodes {down:?} stopped; node {survivor} alone");
+    // Let the kernel's attribute and entry caches (1 s) run out.
+    std::thread::sleep(Duration::from_millis(1_500));
+
+    // A write, a create and a stat: each fails with an error, none hangs.
+    let new = content("quorum-during", 0);
+    let attempts: [(&str, Attempt); 3] = [
+        ("write", Box::new(|| fs::write(m.join("during"), &new))),
+        ("mkdir", Box::new(|| fs::create_dir(m.join("dir")))),
+        (
+            "stat",
+            Box::new(|| fs::metadata(m.join("before")).map(|_| ())),
+        ),
+    ];
+    for (what, op) in &attempts {
+        let t = Instant::now();
+        let result = op();
+        let took = t.elapsed().as_millis();
+        eprintln!("{what} without a majority: {result:?} after {took} ms");
+        let err = result.expect_err("an operation succeeded without a majority");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{what}: {err}");
+        assert!(
+            took <= PLAYGROUND_OP_TIMEOUT_MS + ERROR_SLACK_MS,
+            "{what} took {took} ms"
+        );
+    }
+
+    // The nodes come back: the same mount serves again, nothing is lost.
+    for n in &down {
+        pg.cmd("start-node", &[&n.to_string()]).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (took, _) = write_until_ok(&m.join("after"), &new, deadline);
+    eprintln!("service resumed {} ms after the restart", took.as_millis());
+    assert_eq!(fs::read(m.join("before")).unwrap(), before);
+    assert_eq!(fs::read(m.join("after")).unwrap(), new);
+}
