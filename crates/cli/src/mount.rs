@@ -52,6 +52,10 @@ pub struct MountArgs {
     /// Threads reading kernel requests.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Lease of the mount's lock session, in milliseconds: if the mount dies or is cut
+    /// off, its locks are released this long after its last renewal.
+    #[arg(long, default_value_t = plait_client::session::LEASE_DEFAULT_MS)]
+    pub lease_ms: u64,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -76,6 +80,7 @@ pub fn run_foreground(args: &MountArgs) -> Result<()> {
         },
         allow_other: args.allow_other,
         threads: args.threads.max(1),
+        lease_ms: args.lease_ms,
     };
     plait_fuse::mount_blocking(client, rt.handle().clone(), opts).context("serving the mount")?;
     Ok(())
@@ -115,7 +120,9 @@ pub fn spawn_detached(args: &MountArgs, log_file: &Path) -> Result<Child> {
         .arg("--dirty-total-mib")
         .arg(args.dirty_total_mib.to_string())
         .arg("--threads")
-        .arg(args.threads.to_string());
+        .arg(args.threads.to_string())
+        .arg("--lease-ms")
+        .arg(args.lease_ms.to_string());
     if args.allow_other {
         cmd.arg("--allow-other");
     }

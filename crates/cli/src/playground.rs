@@ -38,12 +38,18 @@ pub enum PlaygroundCmd {
         /// Extra flags for plaitd, e.g. "--gc-grace-ms=1000".
         #[arg(long, allow_hyphen_values = true)]
         node_arg: Vec<String>,
+        /// Lock session lease of the mount, in milliseconds.
+        #[arg(long, default_value_t = plait_client::session::LEASE_DEFAULT_MS)]
+        lease_ms: u64,
     },
     /// Add another mount of the volume.
     Mount {
         #[arg(long)]
         dir: PathBuf,
         mountpoint: PathBuf,
+        /// Lock session lease of the mount, in milliseconds.
+        #[arg(long, default_value_t = plait_client::session::LEASE_DEFAULT_MS)]
+        lease_ms: u64,
     },
     /// SIGSTOP node K: a hung node that keeps its sockets open.
     PauseNode {
@@ -238,7 +244,7 @@ async fn up(
     dir: &Path,
     nodes: u32,
     replicas: u32,
-    mountpoint: Option<&Path>,
+    mountpoint: Option<(&Path, u64)>,
     extra: &[String],
 ) -> Result<()> {
     if !(1..=NODES_MAX).contains(&nodes) {
@@ -312,8 +318,8 @@ async fn up(
     for n in &state.nodes {
         println!("  node {} at {} (pid {})", n.id, n.addr, n.pid.unwrap_or(0));
     }
-    if let Some(mnt) = mountpoint {
-        add_mount(dir, &mut state, mnt)?;
+    if let Some((mnt, lease_ms)) = mountpoint {
+        add_mount(dir, &mut state, mnt, lease_ms)?;
     }
     println!(
         "admin CLI: export PLAIT_NODES={} PLAIT_TLS_DIR={}",
@@ -328,7 +334,7 @@ async fn up(
     Ok(())
 }
 
-fn add_mount(dir: &Path, state: &mut State, mnt: &Path) -> Result<()> {
+fn add_mount(dir: &Path, state: &mut State, mnt: &Path, lease_ms: u64) -> Result<()> {
     std::fs::create_dir_all(mnt).with_context(|| format!("creating {}", mnt.display()))?;
     let mnt = std::fs::canonicalize(mnt)?;
     if mount::is_plait_mount(&mnt) {
@@ -348,6 +354,7 @@ fn add_mount(dir: &Path, state: &mut State, mnt: &Path) -> Result<()> {
         dirty_total_mib: 256,
         allow_other: true,
         threads: 2,
+        lease_ms,
     };
     let mut child = mount::spawn_detached(&args, &log)?;
     mount::wait_mounted(&mnt, &mut child, &log)?;
@@ -481,10 +488,18 @@ pub async fn run(cmd: PlaygroundCmd) -> Result<()> {
             replicas,
             mount,
             node_arg,
-        } => up(&dir, nodes, replicas, mount.as_deref(), &node_arg).await,
-        PlaygroundCmd::Mount { dir, mountpoint } => {
+            lease_ms,
+        } => {
+            let mount = mount.as_deref().map(|m| (m, lease_ms));
+            up(&dir, nodes, replicas, mount, &node_arg).await
+        }
+        PlaygroundCmd::Mount {
+            dir,
+            mountpoint,
+            lease_ms,
+        } => {
             let mut state = load(&dir)?;
-            add_mount(&dir, &mut state, &mountpoint)
+            add_mount(&dir, &mut state, &mountpoint, lease_ms)
         }
         PlaygroundCmd::StopNode { dir, k } => {
             let mut state = load(&dir)?;

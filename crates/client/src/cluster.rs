@@ -164,6 +164,9 @@ impl Transport {
     }
 }
 
+/// Longest a `WaitLock` long poll asks the leader to wait, in milliseconds.
+const WAIT_LOCK_POLL_MAX_MS: u64 = 1_000;
+
 /// Whether a request may be sent again after an attempt whose outcome is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Retry {
@@ -270,6 +273,35 @@ impl ClusterClient {
     /// [`Self::meta`]; being idempotent, a query is also retried after timeouts.
     pub async fn query(&self, q: MetaQuery) -> Result<MetaReply, RpcError> {
         meta_reply(self.call_leader(&Request::Query(q), Retry::Always).await?)
+    }
+
+    /// Waits on the leader (at most about half the RPC timeout, so the call is not cut
+    /// short) until the queued lock request `seq` of `session` leaves the queue; answers
+    /// where it stands (`Queued` when the time ran out: ask again).
+    pub async fn wait_lock(
+        &self,
+        ino: plait_proto::Ino,
+        session: plait_proto::lock::SessionId,
+        seq: u32,
+        spec: plait_proto::lock::LockSpec,
+    ) -> Result<plait_proto::lock::WaitState, RpcError> {
+        let timeout_ms = u64::try_from(self.rpc_timeout.as_millis() / 2)
+            .unwrap_or(1_000)
+            .clamp(10, WAIT_LOCK_POLL_MAX_MS);
+        let req = Request::WaitLock {
+            ino,
+            session,
+            seq,
+            spec,
+            timeout_ms,
+        };
+        match meta_reply(self.call_leader(&req, Retry::Always).await?)? {
+            MetaReply::LockWait(state) => Ok(state),
+            other => Err(RpcError::new(
+                ErrorCode::Protocol,
+                format!("unexpected reply to WaitLock: {other:?}"),
+            )),
+        }
     }
 
     /// Makes node `node_id` at `addr` a voter of the metadata group (through the leader,

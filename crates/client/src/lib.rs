@@ -15,6 +15,7 @@ mod error;
 mod fake;
 pub mod fs;
 pub mod placement;
+pub mod session;
 
 pub use cluster::{
     ClientConfig, ClusterClient, OP_TIMEOUT_DEFAULT_MS, RPC_TIMEOUT_DEFAULT_MS, Replication,

@@ -9,17 +9,19 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use fuser::Notifier;
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
-use plait_client::fs::{DirListing, DirSlot, FsError, OpenIntent, PlaitFs};
+use plait_client::fs::{DirListing, DirSlot, FsError, LockCall, OpenIntent, PlaitFs};
+use plait_proto::lock::LockType;
 use plait_proto::meta::{NewKind, SetAttr};
 use plait_proto::{Attr, FileKind, NAME_MAX_BYTES};
 use tokio::runtime::Handle;
@@ -46,6 +48,7 @@ struct Ctx {
     inos: InoMap,
     attr_ttl: Duration,
     entry_ttl: Duration,
+    notifier: SharedNotifier,
 }
 
 impl Ctx {
@@ -92,15 +95,36 @@ pub(crate) struct PlaitFuse {
     rt: Handle,
 }
 
+/// The kernel's handle for invalidating its caches, set once the session exists.
+pub(crate) type SharedNotifier = Arc<OnceLock<Notifier>>;
+
+/// F_RDLCK / F_WRLCK / F_UNLCK as the kernel sends them, to our lock types.
+fn lock_type(typ: i32) -> Result<Option<LockType>, Errno> {
+    match typ {
+        libc::F_RDLCK => Ok(Some(LockType::Read)),
+        libc::F_WRLCK => Ok(Some(LockType::Write)),
+        libc::F_UNLCK => Ok(None),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+fn fcntl_type(t: LockType) -> i32 {
+    match t {
+        LockType::Read => libc::F_RDLCK,
+        LockType::Write => libc::F_WRLCK,
+    }
+}
+
 impl PlaitFuse {
     /// Serves `fs`, running its calls on `rt`.
-    pub(crate) fn new(fs: Arc<PlaitFs>, rt: Handle) -> Self {
+    pub(crate) fn new(fs: Arc<PlaitFs>, rt: Handle, notifier: SharedNotifier) -> Self {
         let inos = InoMap::new(fs.root());
         let ctx = Ctx {
             attr_ttl: fs.config().attr_ttl(),
             entry_ttl: fs.config().entry_ttl(),
             inos,
             fs,
+            notifier,
         };
         Self { ctx, rt }
     }
@@ -203,8 +227,9 @@ fn request_capability(config: &mut KernelConfig, flag: InitFlags, name: &str) {
 
 impl Filesystem for PlaitFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // No POSIX/flock locks yet (the kernel then locks locally) and no writeback cache:
-        // the mount's own write buffer is the only one, so close and fsync mean what they say.
+        // POSIX and flock locks go to the cluster's lock service (without these flags the
+        // kernel would lock only on this node). No writeback cache: the mount's own write
+        // buffer is the only one, so close, fsync and unlock mean what they say.
         let wanted = [
             (InitFlags::FUSE_ASYNC_READ, "ASYNC_READ"),
             (InitFlags::FUSE_BIG_WRITES, "BIG_WRITES"),
@@ -213,6 +238,8 @@ impl Filesystem for PlaitFuse {
             (InitFlags::FUSE_PARALLEL_DIROPS, "PARALLEL_DIROPS"),
             (InitFlags::FUSE_ATOMIC_O_TRUNC, "ATOMIC_O_TRUNC"),
             (InitFlags::FUSE_EXPORT_SUPPORT, "EXPORT_SUPPORT"),
+            (InitFlags::FUSE_POSIX_LOCKS, "POSIX_LOCKS"),
+            (InitFlags::FUSE_FLOCK_LOCKS, "FLOCK_LOCKS"),
         ];
         for (flag, name) in wanted {
             request_capability(config, flag, name);
@@ -463,12 +490,17 @@ impl Filesystem for PlaitFuse {
         _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         let ino = self.vol(ino);
         self.spawn(move |ctx| async move {
-            reply_empty("flush", reply, ctx.fs.flush(ino).await);
+            // Closing any descriptor drops the process's POSIX locks on the file.
+            let result = match ctx.fs.flush(ino).await {
+                Ok(()) => ctx.fs.release_lock_owner(ino, lock_owner.0).await,
+                Err(e) => Err(e),
+            };
+            reply_empty("flush", reply, result);
         });
     }
 
@@ -478,13 +510,101 @@ impl Filesystem for PlaitFuse {
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let ino = self.vol(ino);
         self.spawn(move |ctx| async move {
+            // The last close of a flock'ed file drops its flock lock.
+            if let Some(owner) = lock_owner
+                && let Err(e) = ctx.fs.release_lock_owner(ino, owner.0).await
+            {
+                warn!(ino, error = %e, "releasing flock locks at close failed");
+            }
             reply_empty("release", reply, ctx.fs.release(ino, fh.0).await);
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let lock_type = match lock_type(typ) {
+            Ok(t) => t,
+            Err(e) => return reply.error(e),
+        };
+        let call = LockCall {
+            ino: self.vol(ino),
+            owner: lock_owner.0,
+            start,
+            end,
+            lock_type,
+            pid,
+        };
+        self.spawn(move |ctx| async move {
+            match ctx.fs.getlk(call).await {
+                Ok(Some(c)) => reply.locked(
+                    c.range.start(),
+                    c.range.fuse_end(),
+                    fcntl_type(c.lock_type),
+                    c.pid,
+                ),
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Err(e) => reply.error(errno("getlk", &e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let lock_type = match lock_type(typ) {
+            Ok(t) => t,
+            Err(e) => return reply.error(e),
+        };
+        let call = LockCall {
+            ino: self.vol(ino),
+            owner: lock_owner.0,
+            start,
+            end,
+            lock_type,
+            pid,
+        };
+        // The thread blocked in the kernel, whose signals end a wait.
+        let tid = req.pid();
+        self.spawn(move |ctx| async move {
+            let interrupted = move || crate::signals::signal_pending(tid);
+            let result = ctx.fs.setlk(call, sleep, interrupted).await;
+            if result.is_ok()
+                && lock_type.is_some()
+                && let Some(n) = ctx.notifier.get()
+            {
+                // The new holder must read what the last one wrote: drop the kernel's
+                // cached pages and attributes of the file before answering.
+                if let Err(e) = n.inval_inode(ino, 0, 0) {
+                    debug!(ino = call.ino, error = %e, "cache invalidation after lock grant failed");
+                }
+            }
+            reply_empty("setlk", reply, result);
         });
     }
 

@@ -9,6 +9,7 @@
 
 mod adapter;
 mod convert;
+mod signals;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use plait_client::ClusterClient;
 use plait_client::fs::{FsConfig, FsError, PlaitFs};
+use plait_client::session::Session as LockSession;
 use tokio::runtime::Handle;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{info, warn};
@@ -40,6 +42,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Threads reading kernel requests (at least 1).
     pub threads: usize,
+    /// Lease of the mount's lock session, in milliseconds.
+    pub lease_ms: u64,
 }
 
 /// Why a mount could not be served.
@@ -99,14 +103,27 @@ pub fn mount_blocking(
         let _guard = rt.enter();
         ShutdownSignals::install().map_err(FuseError::Signals)?
     };
-    let adapter = PlaitFuse::new(Arc::new(fs), rt.clone());
+    let label = format!("{}:{}", hostname(), std::process::id());
+    let lock_session = rt
+        .block_on(LockSession::open(fs.client().clone(), opts.lease_ms, label))
+        .map_err(|e| FuseError::Volume {
+            volume: opts.volume.clone(),
+            source: e.into(),
+        })?;
+    fs.set_session(lock_session.clone());
+    let renewals = rt.spawn(lock_session.clone().renew_forever());
+    let notifier = Arc::new(std::sync::OnceLock::new());
+    let adapter = PlaitFuse::new(Arc::new(fs), rt.clone(), notifier.clone());
     let mut session =
         Session::new(adapter, &mountpoint, &session_config(&opts)).map_err(FuseError::Mount)?;
+    let _ = notifier.set(session.notifier());
     info!(volume = %opts.volume, mountpoint = %mountpoint.display(), "mounted");
     let unmounter = session.unmount_callable();
     let watcher = rt.spawn(unmount_on_signal(signals, unmounter, mountpoint.clone()));
     let result = session.run();
     watcher.abort();
+    renewals.abort();
+    rt.block_on(lock_session.close());
     info!(mountpoint = %mountpoint.display(), "unmounted");
     result.map_err(FuseError::Session)
 }
@@ -193,4 +210,11 @@ fn unmount(mut unmounter: SessionUnmounter, mountpoint: &Path) -> std::io::Resul
         return Ok(());
     }
     Err(std::io::Error::last_os_error())
+}
+
+/// This host's name, for session labels (`plait lock list`); "unknown" if unreadable.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
 }

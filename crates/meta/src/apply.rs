@@ -89,7 +89,11 @@ impl<R: KvRead> Applier<'_, R> {
                 ino,
                 extents,
                 under_replicated,
-            } => self.write(*ino, extents, under_replicated),
+                session,
+            } => {
+                self.check_writer(*session)?;
+                self.write(*ino, extents, under_replicated)
+            }
             MetaOp::SetXattr {
                 ino,
                 name,
@@ -101,6 +105,32 @@ impl<R: KvRead> Applier<'_, R> {
             MetaOp::ForgetGarbage { chunks } => self.forget_garbage(chunks),
             MetaOp::MarkUnderReplicated { copies } => self.mark_under_replicated(copies),
             MetaOp::HealDone { node, chunks } => self.heal_done(*node, chunks),
+            MetaOp::OpenSession { lease_ms, client } => self.open_session(*lease_ms, client),
+            MetaOp::RenewSession { session } => self.renew_session(*session),
+            MetaOp::CloseSession { session } => self.close_session(*session),
+            MetaOp::ExpireSessions => self.expire_sessions(),
+            MetaOp::SetLock {
+                ino,
+                session,
+                spec,
+                wait,
+            } => self.set_lock(*ino, *session, spec, *wait),
+            MetaOp::Unlock {
+                ino,
+                session,
+                kind,
+                owner,
+                range,
+            } => self.unlock(*ino, *session, *kind, *owner, *range),
+            MetaOp::ReleaseLockOwner {
+                ino,
+                session,
+                kind,
+                owner,
+            } => self.release_lock_owner(*ino, *session, *kind, *owner),
+            MetaOp::CancelLockWait { ino, session, seq } => {
+                self.cancel_lock_wait(*ino, *session, *seq)
+            }
         }
     }
 
@@ -589,6 +619,7 @@ impl<R: KvRead> Applier<'_, R> {
         }
         self.punch(ino, 0, u64::MAX)?;
         self.delete_xattrs(ino)?;
+        self.drop_file_locks(ino)?;
         self.txn.delete(keys::orphan(ino));
         self.txn.delete(keys::inode(ino));
         self.count_inode(false)?;
@@ -969,6 +1000,9 @@ fn no_attr(name: &[u8]) -> Fail {
     )
 }
 
+#[cfg(test)]
+mod lock_tests;
+pub(crate) mod locking;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

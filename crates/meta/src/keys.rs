@@ -25,6 +25,15 @@ pub(crate) const ORPHAN: u8 = b'O';
 pub(crate) const COUNTER: u8 = b'N';
 /// Heal-index entry (a copy a node is missing): `H` + node id + chunk id.
 pub(crate) const HEAL: u8 = b'H';
+/// Locks and waiters of one file: `L` + ino.
+pub(crate) const LOCKS: u8 = b'L';
+/// Session: `S` + session id.
+pub(crate) const SESSION: u8 = b'S';
+/// A session has locks or waiters on a file: `K` + session id + ino (empty value).
+pub(crate) const SESSION_FILE: u8 = b'K';
+
+/// Counter holding the next session id to hand out.
+pub(crate) const NEXT_SESSION: &[u8] = b"next_session";
 
 /// Counter holding the next inode number to hand out.
 pub(crate) const NEXT_INO: &[u8] = b"next_ino";
@@ -97,6 +106,38 @@ fn with_chunk(tag: u8, chunk: &ChunkId) -> Vec<u8> {
 /// Key of a chunk's reference count.
 pub(crate) fn chunk_ref(chunk: &ChunkId) -> Vec<u8> {
     with_chunk(CHUNK_REF, chunk)
+}
+
+/// Key of a file's lock table.
+pub(crate) fn locks(ino: Ino) -> Vec<u8> {
+    with_ino(LOCKS, ino, 0)
+}
+
+/// Key of a session record.
+pub(crate) fn session(id: u64) -> Vec<u8> {
+    with_ino(SESSION, id, 0)
+}
+
+/// Prefix of the files a session has locks on.
+pub(crate) fn session_files_prefix(id: u64) -> Vec<u8> {
+    with_ino(SESSION_FILE, id, 8)
+}
+
+/// Key of "session `id` has locks or waiters on `ino`".
+pub(crate) fn session_file(id: u64, ino: Ino) -> Vec<u8> {
+    let mut k = session_files_prefix(id);
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+/// The trailing u64 of a key (the ino of `L` and `K` keys, the id of `S` keys).
+pub(crate) fn trailing_u64(key: &[u8]) -> Result<u64, StoreError> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| key.get(at..))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt_key("trailing integer", key))
 }
 
 /// Prefix of every heal-index entry of `node`.

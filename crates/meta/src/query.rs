@@ -6,6 +6,11 @@ use plait_proto::{
     MetaQuery, MetaReply, NodeId, RpcError, Timestamp, VolumeInfo,
 };
 
+use plait_proto::lock::{
+    FileLockInfo, LockKind, LockSpec, LockType, SessionId, WaitState, waiter_id,
+};
+
+use crate::apply::locking;
 use crate::keys;
 use crate::read;
 use crate::records::{DentryRec, HealRec, VolumeRec, decode};
@@ -36,6 +41,31 @@ fn run(r: &impl KvRead, q: &MetaQuery) -> OpResult<MetaReply> {
         MetaQuery::ListXattr { ino } => list_xattr(r, *ino),
         MetaQuery::FsStats => fs_stats(r),
         MetaQuery::HealSummary => heal_summary(r),
+        MetaQuery::TestLock { ino, session, spec } => {
+            let locks = locking::file_locks(r, *ino)?;
+            let owner = plait_locks::Owner::new(*session, spec.owner);
+            Ok(MetaReply::LockConflict(locks.test(
+                spec.kind,
+                owner,
+                spec.lock_type,
+                spec.range,
+            )))
+        }
+        MetaQuery::LockWait {
+            ino,
+            session,
+            seq,
+            spec,
+        } => lock_wait(r, *ino, *session, *seq, spec),
+        MetaQuery::ListLocks { after, limit } => list_locks(r, *after, *limit),
+        MetaQuery::ListSessions => {
+            let all = r.scan(&[keys::SESSION], None, locking::SESSIONS_MAX as usize)?;
+            let sessions = all
+                .iter()
+                .map(|(k, v)| decode(k, v))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(MetaReply::Sessions(sessions))
+        }
         MetaQuery::HealPending { node, after, limit } => {
             let limit = usize::try_from(*limit)
                 .unwrap_or(HEAL_PENDING_MAX_PER_QUERY)
@@ -218,6 +248,58 @@ pub(crate) fn heal_pending(
             })
         })
         .collect()
+}
+
+/// Most files returned by one `ListLocks` query.
+const LIST_LOCKS_MAX: usize = 256;
+
+/// Where a queued request stands: still queued, granted (its owner holds a lock of at
+/// least the asked type over the whole asked range), or gone.
+fn lock_wait(
+    r: &impl KvRead,
+    ino: Ino,
+    session: SessionId,
+    seq: u32,
+    spec: &LockSpec,
+) -> OpResult<MetaReply> {
+    let locks = locking::file_locks(r, ino)?;
+    let id = waiter_id(session, seq);
+    if locks.waiters().any(|w| w.waiter_id == id) {
+        return Ok(MetaReply::LockWait(WaitState::Queued));
+    }
+    let owner = plait_locks::Owner::new(session, spec.owner);
+    let covers = |h: &plait_locks::HeldLock| {
+        h.owner == owner
+            && h.kind == spec.kind
+            && (h.lock_type == LockType::Write || spec.lock_type == LockType::Read)
+            && (spec.kind == LockKind::Flock
+                || (h.range.start() <= spec.range.start() && h.range.end() >= spec.range.end()))
+    };
+    let state = if locks.holders().any(covers) {
+        WaitState::Granted
+    } else {
+        WaitState::Gone
+    };
+    Ok(MetaReply::LockWait(state))
+}
+
+/// Files with locks or waiters after `after`, in inode order.
+fn list_locks(r: &impl KvRead, after: Option<Ino>, limit: u32) -> OpResult<MetaReply> {
+    let limit = usize::try_from(limit)
+        .unwrap_or(LIST_LOCKS_MAX)
+        .min(LIST_LOCKS_MAX);
+    let after = after.map(keys::locks);
+    let page = r.scan(&[keys::LOCKS], after.as_deref(), limit)?;
+    let mut out = Vec::with_capacity(page.len());
+    for (k, v) in &page {
+        let locks: plait_locks::FileLocks = decode(k, v)?;
+        out.push(FileLockInfo {
+            ino: keys::trailing_u64(k)?,
+            holders: locks.holders().copied().collect(),
+            waiters: locks.waiters().copied().collect(),
+        });
+    }
+    Ok(MetaReply::Locks(out))
 }
 
 /// Pending heal work per node: one pass over the whole heal index, in pages.

@@ -182,6 +182,7 @@ impl Fs {
             ino,
             extents: extents.to_vec(),
             under_replicated: Vec::new(),
+            session: None,
         })
     }
 
@@ -311,6 +312,10 @@ pub(crate) struct State {
     pub volumes: BTreeMap<String, VolumeRec>,
     pub orphans: BTreeSet<Ino>,
     pub counters: BTreeMap<Vec<u8>, u64>,
+    pub locks: BTreeMap<Ino, plait_locks::FileLocks>,
+    pub sessions: BTreeSet<u64>,
+    /// (session, ino) pairs of the session-file index.
+    pub session_files: BTreeSet<(u64, Ino)>,
 }
 
 fn ino_of(key: &[u8]) -> Ino {
@@ -362,6 +367,20 @@ impl State {
                 keys::ORPHAN => {
                     s.orphans.insert(ino_of(k));
                 }
+                keys::LOCKS => {
+                    let locks: plait_locks::FileLocks = decode(k, v).unwrap();
+                    locks.check_invariants().unwrap();
+                    s.locks.insert(ino_of(k), locks);
+                }
+                keys::SESSION => {
+                    let rec: plait_proto::lock::SessionInfo = decode(k, v).unwrap();
+                    s.sessions.insert(rec.id);
+                }
+                keys::SESSION_FILE => {
+                    assert!(v.is_empty());
+                    s.session_files
+                        .insert((ino_of(k), keys::trailing_u64(k).unwrap()));
+                }
                 keys::HEAL => {
                     let _: crate::records::HealRec = decode(k, v).unwrap();
                     keys::heal_of(k).unwrap();
@@ -382,6 +401,7 @@ pub(crate) fn check_invariants(kv: &MemKv) {
     check_counters(&s);
     check_links(&s);
     check_extents(&s);
+    check_locks(&s);
     for ino in &s.xattrs {
         assert!(s.inodes.contains_key(ino), "xattrs of missing inode {ino}");
     }
@@ -472,4 +492,26 @@ fn check_extents(s: &State) {
             "chunk {c:?} both referenced and garbage"
         );
     }
+}
+
+/// Every lock table is non-empty, names only open sessions on existing inodes, and the
+/// session-file index lists exactly the (session, file) pairs the tables name.
+fn check_locks(s: &State) {
+    let mut named = BTreeSet::new();
+    for (ino, locks) in &s.locks {
+        assert!(!locks.is_empty(), "empty lock table stored for inode {ino}");
+        assert!(s.inodes.contains_key(ino), "locks on missing inode {ino}");
+        for session in locks
+            .holders()
+            .map(|h| h.owner.session)
+            .chain(locks.waiters().map(|w| w.owner.session))
+        {
+            assert!(
+                s.sessions.contains(&session),
+                "locks of closed session {session}"
+            );
+            named.insert((session, *ino));
+        }
+    }
+    assert_eq!(named, s.session_files, "session-file index out of step");
 }

@@ -11,6 +11,7 @@ mod heal;
 mod network;
 mod raft_types;
 mod service;
+mod sessions;
 mod store;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,9 @@ use plait_net::{RpcClient, Server, ServerLimits, TlsIdentity};
 
 use crate::config::{Args, Config};
 use crate::service::Service;
+
+/// How often the leader looks for sessions past their lease.
+const SESSION_SWEEP_INTERVAL_MS: u64 = 500;
 
 /// How often the chunk count shown by `plait status` is refreshed.
 const CHUNK_COUNT_INTERVAL_MS: u64 = 10_000;
@@ -129,6 +133,10 @@ async fn run(cfg: Config) -> Result<()> {
     tokio::spawn(heal::run(
         service.clone(),
         Duration::from_millis(cfg.heal_interval_ms),
+    ));
+    tokio::spawn(sessions::run(
+        service.clone(),
+        Duration::from_millis(SESSION_SWEEP_INTERVAL_MS),
     ));
     tracing::info!(node_id = cfg.node_id, listen = %cfg.listen, "plaitd serving");
 

@@ -46,10 +46,14 @@ pub struct Service {
     pub healed_bytes: AtomicU64,
 }
 
+/// Longest a `WaitLock` long poll waits, in milliseconds.
+const WAIT_LOCK_MAX_MS: u64 = 5_000;
+
 /// Bound on one proposal forwarded to the leader by a node's own workers.
 const FORWARD_TIMEOUT_MS: u64 = 5_000;
 
-fn now() -> Timestamp {
+/// The node's clock as a timestamp (the leader's choice of `Command::now`).
+pub fn now() -> Timestamp {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => Timestamp {
             sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -110,6 +114,44 @@ impl Service {
                 ErrorCode::Unavailable,
                 format!("leader {leader}: {e}"),
             )),
+        }
+    }
+
+    /// Long poll for a queued lock request (leader only): answers as soon as it left the
+    /// queue, or `Queued` after `timeout_ms` (capped at [`WAIT_LOCK_MAX_MS`]). Every
+    /// change applied wakes the check; only committed state is read, so `Granted` is
+    /// final even if leadership moves meanwhile.
+    async fn wait_lock(
+        &self,
+        ino: plait_proto::Ino,
+        session: plait_proto::lock::SessionId,
+        seq: u32,
+        spec: plait_proto::lock::LockSpec,
+        timeout_ms: u64,
+    ) -> Result<MetaReply, RpcError> {
+        let q = MetaQuery::LockWait {
+            ino,
+            session,
+            seq,
+            spec,
+        };
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(timeout_ms.min(WAIT_LOCK_MAX_MS));
+        let mut metrics = self.raft.metrics();
+        let first = self.query(q.clone()).await?;
+        if first != MetaReply::LockWait(plait_proto::lock::WaitState::Queued) {
+            return Ok(first);
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or raft shut down: let the caller ask again.
+                _ => return Ok(first),
+            }
+            let now = self.query_local(q.clone())?;
+            if now != first {
+                return Ok(now);
+            }
         }
     }
 
@@ -318,6 +360,16 @@ impl Service {
             Request::Members => Response::Members(self.members()),
             Request::AddVoter { node_id, addr } => match self.add_voter(node_id, addr).await {
                 Ok(members) => Response::Members(members),
+                Err(e) => error(e),
+            },
+            Request::WaitLock {
+                ino,
+                session,
+                seq,
+                spec,
+                timeout_ms,
+            } => match self.wait_lock(ino, session, seq, spec, timeout_ms).await {
+                Ok(r) => Response::Meta(r),
                 Err(e) => error(e),
             },
             Request::HealNow => {

@@ -50,6 +50,17 @@ pub enum ErrorCode {
     NotLeader,
     /// The peer sent a message that could not be decoded, or of another protocol version.
     Protocol,
+    /// EAGAIN: a non-blocking lock request met a conflicting lock.
+    WouldBlock,
+    /// EDEADLK: a blocking lock request would deadlock.
+    Deadlock,
+    /// ENOLCK: too many locks or waiters on one file.
+    NoLocks,
+    /// EINTR: a blocking lock wait was interrupted by a signal.
+    Interrupted,
+    /// EIO: the mount's session (its lease) expired: its locks are gone, and writes under
+    /// them are refused (fencing).
+    SessionExpired,
 }
 
 impl ErrorCode {
@@ -79,6 +90,11 @@ impl ErrorCode {
             ErrorCode::Unavailable => 5,      // EIO: the operation timed out without a majority
             ErrorCode::NotLeader => 5,        // EIO: only seen if redirects are exhausted
             ErrorCode::Protocol => 71,        // EPROTO
+            ErrorCode::WouldBlock => 11,      // EAGAIN
+            ErrorCode::Deadlock => 35,        // EDEADLK
+            ErrorCode::NoLocks => 37,         // ENOLCK
+            ErrorCode::Interrupted => 4,      // EINTR
+            ErrorCode::SessionExpired => 5,   // EIO
         }
     }
 }

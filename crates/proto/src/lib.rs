@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod lock;
 pub mod meta;
 pub mod types;
 
@@ -92,6 +93,21 @@ pub enum Request {
     /// Start a heal pass on this node now (instead of at its next interval). Answered
     /// with [`Response::Meta`]`(MetaReply::Empty)`.
     HealNow,
+    /// Wait (leader only, at most `timeout_ms`) until a queued lock request is no longer
+    /// queued. Answered with `Response::Meta(MetaReply::LockWait(state))`: `Queued` if the
+    /// time ran out, so the caller asks again.
+    WaitLock {
+        /// The file.
+        ino: Ino,
+        /// The waiting session.
+        session: lock::SessionId,
+        /// The request's waiter sequence number within the session.
+        seq: u32,
+        /// The request.
+        spec: lock::LockSpec,
+        /// Longest wait, in milliseconds (the node caps it).
+        timeout_ms: u64,
+    },
 }
 
 /// Raft messages between voters, opaque to everyone but the node crate.

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::lock::{
+    FileLockInfo, LockKind, LockRange, LockSpec, SessionId, SessionInfo, SetOutcome, WaitState,
+};
 use crate::{Attr, ChunkId, DirEntry, Extent, FsStats, Ino, NodeId, Timestamp, VolumeInfo};
 
 /// What kind of object to create, with what only that kind needs.
@@ -162,6 +165,9 @@ pub enum MetaOp {
         /// Placed replicas of these extents' chunks that had not acknowledged their copy
         /// when the writer committed: recorded in the heal index in the same commit.
         under_replicated: Vec<MissingCopy>,
+        /// The writer's session, if it has one: the write is refused (fencing) if that
+        /// session expired, since the writer may believe it holds locks it lost.
+        session: Option<SessionId>,
     },
     /// Set an extended attribute.
     SetXattr {
@@ -197,6 +203,73 @@ pub enum MetaOp {
     MarkUnderReplicated {
         /// The copies to heal.
         copies: Vec<MissingCopy>,
+    },
+    /// Open a session (a mount's lease); answered with `Session`.
+    OpenSession {
+        /// Lease length, [`crate::lock::LEASE_MIN_MS`]..=[`crate::lock::LEASE_MAX_MS`].
+        lease_ms: u64,
+        /// Who opens it (host and process), for `plait lock list`.
+        client: String,
+    },
+    /// Extend a session's lease from now; `SessionExpired` if it is gone.
+    RenewSession {
+        /// The session.
+        session: SessionId,
+    },
+    /// End a session: its locks are released and its waiters dropped.
+    CloseSession {
+        /// The session.
+        session: SessionId,
+    },
+    /// End every session whose lease ran out before the command's time (proposed by the
+    /// leader's session sweeper).
+    ExpireSessions,
+    /// Take, convert or wait for a lock; answered with `LockSet`.
+    SetLock {
+        /// The file.
+        ino: Ino,
+        /// The requesting session.
+        session: SessionId,
+        /// What is asked for.
+        spec: LockSpec,
+        /// `Some(seq)` to queue the request if it conflicts (F_SETLKW, blocking flock);
+        /// `None` to fail with `WouldBlock`.
+        wait: Option<u32>,
+    },
+    /// Unlock a range of an owner's locks (F_UNLCK, LOCK_UN).
+    Unlock {
+        /// The file.
+        ino: Ino,
+        /// The owner's session.
+        session: SessionId,
+        /// POSIX or flock.
+        kind: LockKind,
+        /// The kernel's lock owner.
+        owner: u64,
+        /// The bytes to unlock (ignored for flock).
+        range: LockRange,
+    },
+    /// Drop all of an owner's locks and queued requests on a file (close of a descriptor
+    /// for POSIX, last close of the open file for flock).
+    ReleaseLockOwner {
+        /// The file.
+        ino: Ino,
+        /// The owner's session.
+        session: SessionId,
+        /// POSIX or flock.
+        kind: LockKind,
+        /// The kernel's lock owner.
+        owner: u64,
+    },
+    /// Withdraw a queued request (its process got a signal). Nothing happens if it was
+    /// granted meanwhile; the caller then unlocks.
+    CancelLockWait {
+        /// The file.
+        ino: Ino,
+        /// The session.
+        session: SessionId,
+        /// The request's sequence number within the session.
+        seq: u32,
     },
     /// A node made (or verified) its copies: remove their heal-index entries, each only if
     /// it is still the entry the node saw (same `since`), so an entry recorded again in the
@@ -270,6 +343,35 @@ pub enum MetaQuery {
     FsStats,
     /// Pending heal work per node (counts and bytes over the whole heal index).
     HealSummary,
+    /// F_GETLK: the first lock of another owner that conflicts with `spec`.
+    TestLock {
+        /// The file.
+        ino: Ino,
+        /// The asking session.
+        session: SessionId,
+        /// The lock that would be asked for.
+        spec: LockSpec,
+    },
+    /// Where a queued request stands (see also `Request::WaitLock`).
+    LockWait {
+        /// The file.
+        ino: Ino,
+        /// The waiting session.
+        session: SessionId,
+        /// The request's sequence number within the session.
+        seq: u32,
+        /// The request.
+        spec: LockSpec,
+    },
+    /// Files with locks or waiters, in inode order after `after`.
+    ListLocks {
+        /// Continue after this inode.
+        after: Option<Ino>,
+        /// Most files to return (the node caps it).
+        limit: u32,
+    },
+    /// Every open session.
+    ListSessions,
     /// A page of one node's heal-index entries in chunk-id order, after `after`.
     HealPending {
         /// The node whose missing copies to list.
@@ -357,4 +459,16 @@ pub enum MetaReply {
     HealSummary(Vec<HealNodeSummary>),
     /// A page of one node's heal-index entries.
     HealPending(Vec<HealEntry>),
+    /// A session (opened or renewed).
+    Session(SessionInfo),
+    /// The outcome of a `SetLock`.
+    LockSet(SetOutcome),
+    /// The answer to `TestLock`: the conflicting lock, if any.
+    LockConflict(Option<crate::lock::Conflict>),
+    /// The answer to `LockWait`.
+    LockWait(WaitState),
+    /// Files with locks.
+    Locks(Vec<FileLockInfo>),
+    /// Open sessions.
+    Sessions(Vec<SessionInfo>),
 }

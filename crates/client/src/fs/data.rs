@@ -426,6 +426,7 @@ impl PlaitFs {
         ino: Ino,
         snapshot: &Arc<DirtyBuffer>,
     ) -> Result<(), FsError> {
+        let session = self.write_session(ino)?;
         let uploaded = self.upload(snapshot).await?;
         for batch in uploaded.chunks(WRITE_EXTENTS_MAX) {
             // Copies not acknowledged by now go into the heal index with this commit.
@@ -440,6 +441,7 @@ impl PlaitFs {
                     ino,
                     extents: batch.iter().map(|(e, _)| *e).collect(),
                     under_replicated,
+                    session,
                 })
                 .await?;
         }

@@ -23,6 +23,7 @@ mod dir;
 mod dirty;
 mod extents;
 mod inode;
+mod locks;
 mod names;
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ pub use cache::{ChunkCache, ChunkData};
 pub use dir::{DirListing, DirSlot};
 pub use dirty::{DirtyBuffer, Piece};
 pub use extents::{EXTENT_WINDOW_BYTES, ExtentWindow, assemble, chunks_needed, window_for};
+pub use locks::LockCall;
 pub use names::{OpenIntent, check_name, check_symlink_target, check_xattr_name, may_open};
 
 use crate::{ClusterClient, Replication};
@@ -179,6 +181,8 @@ pub struct PlaitFs {
     next_handle: AtomicU64,
     /// Sum of all inodes' buffered bytes (dirty and being flushed).
     dirty_total_bytes: AtomicU64,
+    /// The session and the lock owners of this mount.
+    locks: locks::MountLocks,
 }
 
 impl PlaitFs {
@@ -205,6 +209,7 @@ impl PlaitFs {
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             dirty_total_bytes: AtomicU64::new(0),
+            locks: locks::MountLocks::default(),
         }
     }
 

@@ -262,6 +262,7 @@ fn any_op() -> impl Strategy<Value = MetaOp> {
             ino,
             extents: vec![Extent { file_offset: off, len, chunk: chunk(c), chunk_offset: 0 }],
             under_replicated: vec![plait_proto::MissingCopy { chunk: chunk(c), node: 2, size_bytes: len }],
+            session: None,
         }),
         1 => (ino(), 0u64..80).prop_map(|(ino, size)| MetaOp::SetAttr {
             ino, set: SetAttr { size: Some(size), ..SetAttr::default() }
@@ -404,6 +405,7 @@ fn resolve(fs: &Fs, op: &PickedOp) -> Option<MetaOp> {
                 chunk_offset: 0,
             }],
             under_replicated: Vec::new(),
+            session: None,
         },
         PickedOp::Truncate(x, size) => MetaOp::SetAttr {
             ino: pick(&files, x).or_else(|| pick(&inos, x))?,

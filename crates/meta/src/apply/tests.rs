@@ -1023,6 +1023,7 @@ fn writes_read_only_the_extents_they_overlap() {
                 ino: f,
                 extents: vec![new],
                 under_replicated: Vec::new(),
+                session: None,
             },
         );
         assert!(entries < 40, "write {new:?} read {entries} entries");
@@ -1350,6 +1351,7 @@ fn every_value_of_a_store_of_noise_fails_cleanly() {
             ino: f,
             extents: vec![ext(5, 10, 2)],
             under_replicated: Vec::new(),
+            session: None,
         },
         MetaOp::Reap { ino: f },
         MetaOp::CreateVolume {
@@ -1489,6 +1491,7 @@ fn write_records_under_replicated_copies_in_the_same_commit() {
         ino: f,
         extents: vec![ext(0, 10, 1), ext(10, 10, 2)],
         under_replicated: vec![missing(1, 3), missing(2, 3), missing(2, 2)],
+        session: None,
     })
     .unwrap();
     let p3 = pending(&fs, 3);
@@ -1513,6 +1516,7 @@ fn write_records_under_replicated_copies_in_the_same_commit() {
                 ino: f,
                 extents: vec![ext(0, 10, 1)],
                 under_replicated: vec![bad],
+                session: None,
             })),
             ErrorCode::InvalidArgument
         );
@@ -1528,6 +1532,7 @@ fn heal_done_removes_only_the_entry_the_node_saw() {
         ino: f,
         extents: vec![ext(0, 10, 1), ext(10, 10, 2)],
         under_replicated: vec![missing(1, 3), missing(2, 3)],
+        session: None,
     })
     .unwrap();
     let seen = pending(&fs, 3);

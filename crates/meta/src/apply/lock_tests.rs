@@ -1,0 +1,184 @@
+//! Tests of the lock service ops: sessions, leases, grants on release, fencing.
+
+use plait_proto::lock::{LockKind, LockRange, LockSpec, LockType, SetOutcome, WaitState};
+use plait_proto::{ErrorCode, MetaOp, MetaQuery, MetaReply};
+
+use crate::testutil::{Fs, code, ext};
+
+fn open(fs: &mut Fs, lease_ms: u64) -> u64 {
+    match fs.exec(MetaOp::OpenSession {
+        lease_ms,
+        client: "test".into(),
+    }) {
+        Ok(MetaReply::Session(s)) => s.id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn spec(owner: u64, lock_type: LockType, start: u64, end: u64) -> LockSpec {
+    LockSpec {
+        kind: LockKind::Posix,
+        owner,
+        lock_type,
+        range: LockRange::new(start, end).unwrap(),
+        pid: 100 + u32::try_from(owner).unwrap(),
+    }
+}
+
+fn set(fs: &mut Fs, ino: u64, session: u64, s: LockSpec, wait: Option<u32>) -> SetOutcome {
+    match fs.exec(MetaOp::SetLock {
+        ino,
+        session,
+        spec: s,
+        wait,
+    }) {
+        Ok(MetaReply::LockSet(o)) => o,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn wait_state(fs: &Fs, ino: u64, session: u64, seq: u32, s: LockSpec) -> WaitState {
+    match fs.q(MetaQuery::LockWait {
+        ino,
+        session,
+        seq,
+        spec: s,
+    }) {
+        Ok(MetaReply::LockWait(w)) => w,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_waiter_is_granted_when_the_holder_unlocks() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    let (a, b) = (open(&mut fs, 10_000), open(&mut fs, 10_000));
+    let w = spec(1, LockType::Write, 0, 99);
+    assert_eq!(set(&mut fs, f, a, w, None), SetOutcome::Granted);
+    assert_eq!(set(&mut fs, f, b, w, None), SetOutcome::WouldBlock);
+    // F_GETLK from b reports a's lock and pid.
+    match fs.q(MetaQuery::TestLock {
+        ino: f,
+        session: b,
+        spec: w,
+    }) {
+        Ok(MetaReply::LockConflict(Some(c))) => {
+            assert_eq!((c.pid, c.lock_type), (101, LockType::Write));
+            assert_eq!((c.range.start(), c.range.end()), (0, 99));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(set(&mut fs, f, b, w, Some(7)), SetOutcome::Queued);
+    assert_eq!(wait_state(&fs, f, b, 7, w), WaitState::Queued);
+    fs.check();
+    fs.exec(MetaOp::Unlock {
+        ino: f,
+        session: a,
+        kind: LockKind::Posix,
+        owner: 1,
+        range: LockRange::WHOLE,
+    })
+    .unwrap();
+    assert_eq!(wait_state(&fs, f, b, 7, w), WaitState::Granted);
+    assert_eq!(set(&mut fs, f, a, w, None), SetOutcome::WouldBlock);
+    fs.check();
+    match fs.q(MetaQuery::ListLocks {
+        after: None,
+        limit: 10,
+    }) {
+        Ok(MetaReply::Locks(files)) => {
+            assert_eq!(files.len(), 1);
+            assert_eq!(files[0].ino, f);
+            assert_eq!(files[0].holders.len(), 1);
+            assert_eq!(files[0].holders[0].owner.session, b);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_expired_session_loses_its_locks_and_its_writes_are_fenced() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    let a = open(&mut fs, 1_000);
+    let b = open(&mut fs, 60_000);
+    let w = spec(1, LockType::Write, 0, u64::MAX);
+    assert_eq!(set(&mut fs, f, a, w, None), SetOutcome::Granted);
+    assert_eq!(set(&mut fs, f, b, w, Some(1)), SetOutcome::Queued);
+    // The test clock ticks one second per op: a's one-second lease is long gone.
+    fs.exec(MetaOp::ExpireSessions).unwrap();
+    fs.check();
+    assert_eq!(wait_state(&fs, f, b, 1, w), WaitState::Granted);
+    assert_eq!(
+        code(fs.exec(MetaOp::RenewSession { session: a })),
+        ErrorCode::SessionExpired
+    );
+    let write = |session| MetaOp::Write {
+        ino: f,
+        extents: vec![ext(0, 10, 1)],
+        under_replicated: Vec::new(),
+        session: Some(session),
+    };
+    assert_eq!(code(fs.exec(write(a))), ErrorCode::SessionExpired);
+    assert_eq!(
+        code(fs.exec(MetaOp::SetLock {
+            ino: f,
+            session: a,
+            spec: w,
+            wait: None
+        })),
+        ErrorCode::SessionExpired
+    );
+    fs.exec(write(b)).unwrap();
+    // b renews and keeps its lock.
+    fs.exec(MetaOp::RenewSession { session: b }).unwrap();
+    fs.exec(MetaOp::ExpireSessions).unwrap();
+    assert_eq!(wait_state(&fs, f, b, 1, w), WaitState::Granted);
+    match fs.q(MetaQuery::ListSessions) {
+        Ok(MetaReply::Sessions(s)) => assert_eq!(s.iter().map(|s| s.id).collect::<Vec<_>>(), [b]),
+        other => panic!("{other:?}"),
+    }
+    fs.check();
+}
+
+#[test]
+fn cancel_close_and_reap_leave_no_locks_or_waiters_behind() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    let (a, b) = (open(&mut fs, 10_000), open(&mut fs, 10_000));
+    let w = spec(1, LockType::Write, 10, 19);
+    assert_eq!(set(&mut fs, f, a, w, None), SetOutcome::Granted);
+    assert_eq!(set(&mut fs, f, b, w, Some(3)), SetOutcome::Queued);
+    fs.exec(MetaOp::CancelLockWait {
+        ino: f,
+        session: b,
+        seq: 3,
+    })
+    .unwrap();
+    assert_eq!(wait_state(&fs, f, b, 3, w), WaitState::Gone);
+    fs.check();
+    // Close of a descriptor: the owner's POSIX locks go.
+    fs.exec(MetaOp::ReleaseLockOwner {
+        ino: f,
+        session: a,
+        kind: LockKind::Posix,
+        owner: 1,
+    })
+    .unwrap();
+    assert_eq!(set(&mut fs, f, b, w, None), SetOutcome::Granted);
+    fs.exec(MetaOp::CloseSession { session: b }).unwrap();
+    fs.check();
+    assert_eq!(set(&mut fs, f, a, w, None), SetOutcome::Granted);
+    // The file goes away with its locks.
+    fs.unlink(root, "f").unwrap();
+    fs.reap(f).unwrap();
+    fs.check();
+    assert_eq!(
+        code(fs.exec(MetaOp::OpenSession {
+            lease_ms: 10,
+            client: String::new()
+        })),
+        ErrorCode::InvalidArgument
+    );
+}
