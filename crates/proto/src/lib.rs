@@ -92,6 +92,9 @@ pub enum Request {
     /// Start a heal pass on this node now (instead of at its next interval). Answered
     /// with [`Response::Meta`]`(MetaReply::Empty)`.
     HealNow,
+    /// A digest of this node's applied metadata state, from its own state machine (no
+    /// leadership check), for divergence checks. Answered with [`Response::StateDigest`].
+    StateDigest,
 }
 
 /// Raft messages between voters, opaque to everyone but the node crate.
@@ -123,4 +126,6 @@ pub enum Response {
     Members(Vec<(NodeId, String)>),
     /// The request failed.
     Error(RpcError),
+    /// Answer to [`Request::StateDigest`].
+    StateDigest(StateDigest),
 }
