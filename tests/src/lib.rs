@@ -59,6 +59,17 @@ impl Playground {
     /// Starts `nodes` nodes with volume `default` of `replicas` copies, mounted at
     /// `<dir>/mnt`. `node_args` are passed to every plaitd.
     pub fn up(nodes: u32, replicas: u32, node_args: &[&str]) -> Result<Self> {
+        Self::up_with(nodes, replicas, node_args, &[])
+    }
+
+    /// Like [`Playground::up`], with extra flags for `plait playground up` itself (e.g.
+    /// `--distinct-ips`).
+    pub fn up_with(
+        nodes: u32,
+        replicas: u32,
+        node_args: &[&str],
+        up_flags: &[&str],
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("plait-test-").tempdir()?;
         let mnt = dir.path().join("mnt");
         let d = dir.path().to_string_lossy().into_owned();
@@ -82,6 +93,7 @@ impl Playground {
             .map(|a| format!("--node-arg={a}"))
             .collect();
         args.extend(node_args.iter().map(String::as_str));
+        args.extend_from_slice(up_flags);
         plait(&args)?;
         Ok(Self {
             dir,
@@ -92,18 +104,24 @@ impl Playground {
 
     /// Adds another mount of the same volume and returns its path.
     pub fn mount(&mut self) -> Result<PathBuf> {
+        self.mount_via(&[])
+    }
+
+    /// Adds another mount of the same volume that is given only the addresses of nodes
+    /// `via` (1-based; empty: all), and returns its path.
+    pub fn mount_via(&mut self, via: &[u32]) -> Result<PathBuf> {
         self.extra_mounts += 1;
         let mnt = self
             .dir
             .path()
             .join(format!("mnt{}", self.extra_mounts + 1));
-        plait(&[
-            "playground",
-            "mount",
-            "--dir",
-            &self.dir.path().to_string_lossy(),
-            &mnt.to_string_lossy(),
-        ])?;
+        let d = self.dir.path().to_string_lossy().into_owned();
+        let m = mnt.to_string_lossy().into_owned();
+        let via: Vec<String> = via.iter().map(|k| format!("--via-node={k}")).collect();
+        let mut args = vec!["playground", "mount", "--dir", &d];
+        args.extend(via.iter().map(String::as_str));
+        args.push(&m);
+        plait(&args)?;
         Ok(mnt)
     }
 
@@ -236,5 +254,82 @@ pub fn heal_pending(pg: &Playground) -> Result<Vec<(u64, u64)>> {
         .context("heal info: not a JSON array")?
         .iter()
         .filter_map(|r| Some((r["node"].as_u64()?, r["pending_chunks"].as_u64()?)))
+        .collect())
+}
+
+/// One node's row of `plait debug digest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDigest {
+    /// Raft id of the node.
+    pub node: u32,
+    /// Its QUIC address.
+    pub addr: String,
+    /// Index of the last log entry it applied.
+    pub last_applied: u64,
+    /// Keys in its metadata state.
+    pub entries: u64,
+    /// Digest of its metadata state (and `last_applied`).
+    pub digest: String,
+}
+
+/// Every node's applied index and state digest, from `plait debug digest --output json`
+/// (all nodes asked at once); fails if a node did not answer.
+pub fn state_digests(pg: &Playground) -> Result<Vec<NodeDigest>> {
+    let out = pg.admin(&["debug", "digest", "--output", "json"])?;
+    let rows: serde_json::Value = serde_json::from_str(&out)?;
+    let rows = rows.as_array().context("debug digest: not a JSON array")?;
+    let mut digests = Vec::with_capacity(rows.len());
+    for r in rows {
+        let addr = r["addr"].as_str().unwrap_or_default().to_string();
+        if let Some(e) = r["error"].as_str() {
+            bail!("node {addr}: no digest: {e}");
+        }
+        digests.push(NodeDigest {
+            node: r["node_id"]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .context("debug digest: no node_id")?,
+            last_applied: r["last_applied"]
+                .as_u64()
+                .context("debug digest: no last_applied")?,
+            entries: r["entries"].as_u64().context("debug digest: no entries")?,
+            digest: r["digest"]
+                .as_str()
+                .context("debug digest: no digest")?
+                .to_string(),
+            addr,
+        });
+    }
+    Ok(digests)
+}
+
+/// One node's row of `plait playground status`: what that node says about the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    /// The node (1-based).
+    pub node: u32,
+    /// Its QUIC address.
+    pub addr: String,
+    /// The leader it knows of (`None`: none, or it did not answer).
+    pub leader: Option<u32>,
+    /// Its Raft term (`None` if it did not answer).
+    pub term: Option<u64>,
+}
+
+/// Every node's view, from `plait playground status`.
+pub fn node_views(pg: &Playground) -> Result<Vec<NodeView>> {
+    let out = pg.cmd("status", &[])?;
+    Ok(out
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some(NodeView {
+                node: f.first()?.parse().ok()?,
+                addr: f.get(1)?.to_string(),
+                leader: f.get(3).and_then(|v| v.parse().ok()),
+                term: f.get(4).and_then(|v| v.parse().ok()),
+            })
+        })
         .collect())
 }

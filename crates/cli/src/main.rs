@@ -3,6 +3,7 @@
 mod admin;
 mod cluster;
 mod conn;
+mod debug;
 mod heal;
 mod mount;
 mod playground;
@@ -44,6 +45,9 @@ enum Cmd {
     /// A local throwaway cluster for trying and testing Plait.
     #[command(subcommand)]
     Playground(playground::PlaygroundCmd),
+    /// Checks for developers and tests (state digests).
+    #[command(subcommand)]
+    Debug(debug::DebugCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,5 +84,6 @@ fn main() -> Result<()> {
         Cmd::Mount(args) => mount::run(&args),
         Cmd::Umount { mountpoint } => mount::unmount(&mountpoint),
         Cmd::Playground(cmd) => runtime()?.block_on(playground::run(cmd)),
+        Cmd::Debug(cmd) => runtime()?.block_on(debug::run(cmd)),
     }
 }

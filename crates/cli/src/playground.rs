@@ -1,7 +1,8 @@
-//! `plait playground`: a throwaway cluster of plaitd processes on 127.0.0.1, with mounts,
-//! for trying Plait and for tests. Its state lives in `DIR/playground.toml`.
+//! `plait playground`: a throwaway cluster of plaitd processes on 127.0.0.1 (or one
+//! loopback address per node, `--distinct-ips`), with mounts, for trying Plait and for
+//! tests. Its state lives in `DIR/playground.toml`.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,6 +21,8 @@ const NODE_READY_MS: u64 = 30_000;
 const NODES_MAX: u32 = 9;
 /// How long a stopped process may take to exit after SIGTERM before SIGKILL.
 const STOP_GRACE_MS: u64 = 5_000;
+/// With `--distinct-ips`, node K listens on and sends from 127.0.0.(this + K).
+const DISTINCT_IP_BASE: u8 = 10;
 
 /// `plait playground ...`
 #[derive(Debug, Subcommand)]
@@ -41,6 +44,11 @@ pub enum PlaygroundCmd {
         /// Lock session lease of the mount, in milliseconds.
         #[arg(long, default_value_t = plait_client::session::LEASE_DEFAULT_MS)]
         lease_ms: u64,
+        /// Give node K the address 127.0.0.(10+K) (listen, advertise and source of its
+        /// outgoing traffic) instead of 127.0.0.1, so that traffic between two nodes can
+        /// be told apart from (and dropped independently of) all other loopback traffic.
+        #[arg(long)]
+        distinct_ips: bool,
     },
     /// Add another mount of the volume.
     Mount {
@@ -50,6 +58,10 @@ pub enum PlaygroundCmd {
         /// Lock session lease of the mount, in milliseconds.
         #[arg(long, default_value_t = plait_client::session::LEASE_DEFAULT_MS)]
         lease_ms: u64,
+        /// Give the mount only node K's address (repeatable; default: every node): its
+        /// metadata calls then reach the rest of the cluster only through what K tells it.
+        #[arg(long)]
+        via_node: Vec<u32>,
     },
     /// SIGSTOP node K: a hung node that keeps its sockets open.
     PauseNode {
@@ -142,9 +154,23 @@ fn node_dir(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("node{id}"))
 }
 
-fn free_port() -> Result<SocketAddr> {
-    let sock = UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port")?;
+/// A UDP port free on `ip` at the time of the call.
+fn free_port(ip: IpAddr) -> Result<SocketAddr> {
+    let sock = UdpSocket::bind(SocketAddr::new(ip, 0))
+        .with_context(|| format!("finding a free UDP port on {ip}"))?;
     Ok(sock.local_addr()?)
+}
+
+/// The address node `id` listens on: its own loopback address with `distinct_ips`.
+fn node_ip(id: u64, distinct_ips: bool) -> Result<IpAddr> {
+    if !distinct_ips {
+        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    let last = u8::try_from(id)
+        .ok()
+        .and_then(|id| id.checked_add(DISTINCT_IP_BASE))
+        .with_context(|| format!("node {id}: no distinct loopback address"))?;
+    Ok(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
 }
 
 fn plaitd_path() -> Result<PathBuf> {
@@ -246,6 +272,7 @@ async fn up(
     replicas: u32,
     mountpoint: Option<(&Path, u64)>,
     extra: &[String],
+    distinct_ips: bool,
 ) -> Result<()> {
     if !(1..=NODES_MAX).contains(&nodes) {
         bail!("--nodes must be between 1 and {NODES_MAX}");
@@ -279,7 +306,7 @@ async fn up(
         cluster::issue_node_cert(&tls, &ca, id)?;
         let ndir = node_dir(dir, id);
         std::fs::create_dir_all(&ndir)?;
-        let addr = free_port()?;
+        let addr = free_port(node_ip(id, distinct_ips)?)?;
         // Only node 1 bootstraps the metadata group; the others join it as voters.
         let config = cluster::node_config(id, addr, &ndir.join("data"), &tls, id == 1);
         cluster::write_file(&ndir.join("plaitd.toml"), &config, false)?;
@@ -319,7 +346,7 @@ async fn up(
         println!("  node {} at {} (pid {})", n.id, n.addr, n.pid.unwrap_or(0));
     }
     if let Some((mnt, lease_ms)) = mountpoint {
-        add_mount(dir, &mut state, mnt, lease_ms)?;
+        add_mount(dir, &mut state, mnt, lease_ms, &[])?;
     }
     println!(
         "admin CLI: export PLAIT_NODES={} PLAIT_TLS_DIR={}",
@@ -334,17 +361,27 @@ async fn up(
     Ok(())
 }
 
-fn add_mount(dir: &Path, state: &mut State, mnt: &Path, lease_ms: u64) -> Result<()> {
+/// Mounts volume `default` at `mnt` with a lock lease of `lease_ms`, through the nodes
+/// `via` (1-based; empty: all nodes).
+fn add_mount(dir: &Path, state: &mut State, mnt: &Path, lease_ms: u64, via: &[u32]) -> Result<()> {
     std::fs::create_dir_all(mnt).with_context(|| format!("creating {}", mnt.display()))?;
     let mnt = std::fs::canonicalize(mnt)?;
     if mount::is_plait_mount(&mnt) {
         bail!("{} is already a Plait mount", mnt.display());
     }
     let log = dir.join(format!("mount-{}.log", state.mounts.len() + 1));
+    let mut conn = conn(dir, state);
+    if !via.is_empty() {
+        let mut nodes = Vec::with_capacity(via.len());
+        for k in via {
+            nodes.push(state.nodes[node_index(state, *k)?].addr);
+        }
+        conn.nodes = nodes;
+    }
     let args = MountArgs {
         mountpoint: mnt.clone(),
         volume: "default".into(),
-        conn: conn(dir, state),
+        conn,
         foreground: true,
         log_file: Some(log.clone()),
         attr_timeout_ms: 1_000,
@@ -489,17 +526,19 @@ pub async fn run(cmd: PlaygroundCmd) -> Result<()> {
             mount,
             node_arg,
             lease_ms,
+            distinct_ips,
         } => {
             let mount = mount.as_deref().map(|m| (m, lease_ms));
-            up(&dir, nodes, replicas, mount, &node_arg).await
+            up(&dir, nodes, replicas, mount, &node_arg, distinct_ips).await
         }
         PlaygroundCmd::Mount {
             dir,
             mountpoint,
             lease_ms,
+            via_node,
         } => {
             let mut state = load(&dir)?;
-            add_mount(&dir, &mut state, &mountpoint, lease_ms)
+            add_mount(&dir, &mut state, &mountpoint, lease_ms, &via_node)
         }
         PlaygroundCmd::StopNode { dir, k } => {
             let mut state = load(&dir)?;

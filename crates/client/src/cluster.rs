@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use plait_net::{NetError, RpcClient, TlsIdentity};
 use plait_proto::{
     ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, MissingCopy, NodeId, NodeStatus, Request,
-    Response, RpcError,
+    Response, RpcError, StateDigest,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -644,6 +644,20 @@ impl ClusterClient {
         }
     }
 
+    /// Asks one node for the digest of its applied metadata state (one attempt,
+    /// `rpc_timeout_ms`), for divergence checks.
+    pub async fn state_digest(&self, addr: SocketAddr) -> Result<StateDigest, RpcError> {
+        match self
+            .send(addr, &Request::StateDigest, self.rpc_timeout)
+            .await
+        {
+            Ok(Response::StateDigest(d)) => Ok(d),
+            Ok(Response::Error(e)) => Err(e),
+            Ok(other) => Err(unexpected("StateDigest", &other)),
+            Err(e) => Err(net_error(&e)),
+        }
+    }
+
     /// The leader routing loop shared by [`Self::meta`], [`Self::query`] and
     /// [`Self::add_voter`]: returns the leader's first answer that is not an error.
     async fn call_leader(&self, req: &Request, retry: Retry) -> Result<Response, RpcError> {
@@ -690,8 +704,13 @@ impl ClusterClient {
                 Ok(Response::Error(e))
                     if e.code == ErrorCode::Unavailable && retry == Retry::Always =>
                 {
-                    debug!(node = %target, error = %e, "query unavailable, retrying");
+                    // Try another node: a leader cut off from its quorum still believes it
+                    // leads and keeps answering this at once, while the majority behind
+                    // the other nodes serves.
+                    debug!(node = %target, error = %e, "query unavailable there, trying the next node");
                     last_error = format!("{target}: {e}");
+                    self.forget_leader(target);
+                    target = self.rotate();
                 }
                 Ok(Response::Error(e)) => return Err(e),
                 Ok(answer) => {

@@ -2,7 +2,7 @@
 //! per request.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,20 +43,34 @@ enum ExchangeError {
 
 impl RpcClient {
     /// A client presenting `identity`'s certificate and trusting only its CA. Must be called
-    /// inside a tokio runtime.
+    /// inside a tokio runtime. Its socket is bound to the unspecified address (dual-stack if
+    /// the host has IPv6), so the kernel picks the source address of each packet.
     pub fn new(identity: &TlsIdentity) -> Result<Self, NetError> {
-        let crypto = tls::client_crypto(identity)?;
-        let mut config = ClientConfig::new(Arc::new(crypto));
-        // We never accept streams from servers.
-        config.transport_config(Arc::new(tls::transport(CLIENT_IDLE_TIMEOUT_MS, 0)?));
-        // Dual-stack if the host has IPv6, else IPv4 only.
-        let mut endpoint = match Endpoint::client(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))) {
+        let endpoint = match Endpoint::client(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))) {
             Ok(e) => e,
             Err(e6) => {
                 tracing::debug!(error = %e6, "no IPv6 client socket; using IPv4");
                 Endpoint::client(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?
             }
         };
+        Self::with_endpoint(identity, endpoint)
+    }
+
+    /// Like [`new`](RpcClient::new), but the socket is bound to `ip` (any free port), so that
+    /// every packet it sends carries `ip` as its source address. A node binds its outgoing
+    /// client to its own listen address: peers (and packet filters, such as the partition
+    /// test's) then see node-to-node traffic as coming from that node. Only peers reachable
+    /// from `ip` (same address family) can be called.
+    pub fn bound(identity: &TlsIdentity, ip: IpAddr) -> Result<Self, NetError> {
+        let endpoint = Endpoint::client(SocketAddr::new(ip, 0))?;
+        Self::with_endpoint(identity, endpoint)
+    }
+
+    fn with_endpoint(identity: &TlsIdentity, mut endpoint: Endpoint) -> Result<Self, NetError> {
+        let crypto = tls::client_crypto(identity)?;
+        let mut config = ClientConfig::new(Arc::new(crypto));
+        // We never accept streams from servers.
+        config.transport_config(Arc::new(tls::transport(CLIENT_IDLE_TIMEOUT_MS, 0)?));
         endpoint.set_default_client_config(config);
         Ok(RpcClient {
             inner: Arc::new(Inner {
@@ -64,6 +78,11 @@ impl RpcClient {
                 conns: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The local address the client's socket is bound to.
+    pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
+        Ok(self.inner.endpoint.local_addr()?)
     }
 
     /// Sends `req` on a new stream of the cached connection to `addr` (connecting if

@@ -104,6 +104,24 @@ async fn status_ok(client: &RpcClient, addr: SocketAddr) {
     );
 }
 
+/// A client bound to one loopback address sends from it (the partition test filters
+/// node-to-node packets by source address) and still reaches a server on another.
+#[tokio::test]
+async fn bound_client_sends_from_its_address() {
+    let cluster = Cluster::new("bound");
+    let (_server, addr) = start(
+        &cluster.identity("node-1"),
+        ServerLimits::default(),
+        Echo::new(Duration::ZERO),
+    );
+    let ip: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let client = RpcClient::bound(&cluster.identity("node-2"), ip).unwrap();
+    let local = client.local_addr().unwrap();
+    assert_eq!(local.ip(), ip);
+    assert_ne!(local.port(), 0);
+    status_ok(&client, addr).await;
+}
+
 #[tokio::test]
 async fn round_trip() {
     let cluster = Cluster::new("rt");

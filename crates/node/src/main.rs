@@ -76,7 +76,15 @@ async fn run(cfg: Config) -> Result<()> {
     let db = store::Db::open(&cfg.data_dir.join("db")).context("opening database")?;
     let chunks = Arc::new(ChunkStore::open(&cfg.chunk_dir).context("opening chunk store")?);
 
-    let rpc = RpcClient::new(&identity).context("creating QUIC client")?;
+    // Node-to-node packets leave from the node's own listen address (any port), so peers
+    // and packet filters see them as this node's; an unspecified listen address leaves the
+    // choice to the kernel.
+    let rpc = if cfg.listen.ip().is_unspecified() {
+        RpcClient::new(&identity)
+    } else {
+        RpcClient::bound(&identity, cfg.listen.ip())
+    }
+    .context("creating QUIC client")?;
     let log_store = store::LogStore::new(db.clone());
     let state_machine = store::StateMachine::new(db.clone(), cfg.data_dir.join("snapshot.bin"));
     let raft = openraft::Raft::new(

@@ -376,6 +376,25 @@ impl Service {
                 self.heal_trigger.notify_one();
                 Response::Meta(MetaReply::Empty)
             }
+            Request::StateDigest => self.state_digest().await,
+        }
+    }
+}
+
+impl Service {
+    /// Digest of this node's applied state (no leadership check: every node answers for
+    /// itself), computed on the blocking pool since it walks the whole state.
+    async fn state_digest(&self) -> Response {
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.state_digest()).await {
+            Ok(Ok(d)) => Response::StateDigest(plait_proto::StateDigest {
+                node_id: self.node_id,
+                last_applied: d.last_applied,
+                entries: d.entries,
+                digest: d.hex,
+            }),
+            Ok(Err(e)) => error(RpcError::new(ErrorCode::Io, e.to_string())),
+            Err(e) => error(RpcError::new(ErrorCode::Io, e.to_string())),
         }
     }
 }

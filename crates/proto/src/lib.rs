@@ -108,6 +108,9 @@ pub enum Request {
         /// Longest wait, in milliseconds (the node caps it).
         timeout_ms: u64,
     },
+    /// A digest of this node's applied metadata state, from its own state machine (no
+    /// leadership check), for divergence checks. Answered with [`Response::StateDigest`].
+    StateDigest,
 }
 
 /// Raft messages between voters, opaque to everyone but the node crate.
@@ -139,4 +142,6 @@ pub enum Response {
     Members(Vec<(NodeId, String)>),
     /// The request failed.
     Error(RpcError),
+    /// Answer to [`Request::StateDigest`].
+    StateDigest(StateDigest),
 }

@@ -194,3 +194,18 @@ pub struct NodeStatus {
     /// Their bytes.
     pub healed_bytes: u64,
 }
+
+/// A fingerprint of one node's applied metadata state, for divergence checks: two nodes
+/// with the same `last_applied` must have the same `digest`, or their replicas diverged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDigest {
+    /// Raft id of the node that computed it.
+    pub node_id: NodeId,
+    /// Index of the last log entry applied to the state (0 before the first).
+    pub last_applied: u64,
+    /// Keys in the state machine's state.
+    pub entries: u64,
+    /// blake3 (hex) over every key and value of the state in key order, each
+    /// length-prefixed, followed by `last_applied`.
+    pub digest: String,
+}

@@ -153,6 +153,21 @@ async fn a_query_is_retried_after_a_timeout() {
 }
 
 #[tokio::test]
+async fn a_query_moves_on_from_a_node_that_answers_unavailable() {
+    // Node 1 is a leader cut off from its quorum: it answers queries, always Unavailable.
+    let (client, calls) = scripted(config(&[1, 2], 5_000), |port, _, _| match port {
+        1 => Ok(Response::Error(RpcError::new(
+            ErrorCode::Unavailable,
+            "not enough for a quorum",
+        ))),
+        _ => Ok(Response::Meta(MetaReply::Empty)),
+    });
+    client.query(MetaQuery::FsStats).await.unwrap();
+    assert_eq!(*calls.lock().unwrap(), vec![(1, 'Q'), (2, 'Q')]);
+    assert_eq!(client.known_leader(), Some(addr(2)));
+}
+
+#[tokio::test]
 async fn no_leader_gives_up_at_the_op_timeout() {
     let (client, calls) = scripted(config(&[1, 2], 300), |_, tag, _| match tag {
         'P' => status(),

@@ -3,7 +3,7 @@
 use plait_meta::{KvRead, StoreError as MetaStoreError};
 use rocksdb::{DB, ReadOptions, SnapshotWithThreadMode};
 
-use super::{CF_STATE, Db, StoreError};
+use super::{CF_SM, CF_STATE, Db, StoreError};
 
 /// A read view of the `state` column family: either live (used while applying, which is
 /// serialized) or pinned to a RocksDB snapshot (used by concurrent queries).
@@ -30,6 +30,16 @@ impl<'a> DbView<'a> {
             cf: db.cf(CF_STATE)?,
             snapshot: Some(db.raw().snapshot()),
         })
+    }
+
+    /// Reads `key` of the `sm` column family (applied log id, membership) as of this
+    /// view, so that it matches the state the view sees.
+    pub(crate) fn sm_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let cf = self
+            .db
+            .cf_handle(CF_SM)
+            .ok_or(StoreError::MissingCf(CF_SM))?;
+        Ok(self.db.get_cf_opt(cf, key, &self.read_opts())?)
     }
 
     fn read_opts(&self) -> ReadOptions {

@@ -3,6 +3,7 @@
 //! `state` (the metadata state machine's keys) and `sm` (last applied log id and
 //! membership, written in the same batch as the state they describe).
 
+pub mod digest;
 mod kv;
 mod log_store;
 mod state_machine;
@@ -36,6 +37,9 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// Reading the state through the state machine's read interface failed.
+    #[error("state read: {0}")]
+    Read(#[from] plait_meta::StoreError),
 }
 
 /// The node's database, shared by the log store, the state machine and readers.

@@ -21,7 +21,7 @@ use crate::raft_types::{ApplyResult, TypeConfig};
 type SResult<T> = Result<T, StorageError<u64>>;
 type Membership = StoredMembership<u64, BasicNode>;
 
-const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+pub(super) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 /// Largest snapshot we accept from disk or a peer, in bytes.
 const SNAPSHOT_MAX_BYTES: usize = 8 * 1024 * 1024 * 1024;
