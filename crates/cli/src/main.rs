@@ -5,6 +5,7 @@ mod cluster;
 mod conn;
 mod debug;
 mod heal;
+mod locks;
 mod mount;
 mod playground;
 
@@ -33,6 +34,9 @@ enum Cmd {
     /// Missing copies and healing them.
     #[command(subcommand)]
     Heal(heal::HealCmd),
+    /// Cluster-wide fcntl and flock locks.
+    #[command(subcommand)]
+    Lock(locks::LockCmd),
     /// Every node's view of the cluster.
     Status(admin::StatusArgs),
     /// Mount a volume through FUSE.
@@ -72,12 +76,26 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Lets a closed stdout (`plait lock list | head`) end the process quietly, as it does
+/// other command-line tools, instead of panicking in `println!`. Not for the mount, which
+/// must never die of a signal meant for a pipe.
+fn die_on_broken_pipe() {
+    // SAFETY: setting a signal's disposition to its default has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> Result<()> {
     init_logging();
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Mount(_)) {
+        die_on_broken_pipe();
+    }
     match cli.cmd {
         Cmd::Cluster(ClusterCmd::Init(args)) => cluster::init(&args),
         Cmd::Volume(cmd) => runtime()?.block_on(admin::volume(cmd)),
+        Cmd::Lock(cmd) => runtime()?.block_on(locks::run(cmd)),
         Cmd::Heal(cmd) => runtime()?.block_on(heal::run(cmd)),
         Cmd::Status(args) => runtime()?.block_on(admin::status(args)),
         // The mount builds its own runtime: fuser's loop blocks the calling thread.

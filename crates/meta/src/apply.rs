@@ -765,9 +765,7 @@ impl<R: KvRead> Applier<'_, R> {
         let now = self.now;
         self.update_inode(src.ino, |r| {
             r.ctime = now;
-            if moves_dir {
-                r.parent = new_parent;
-            }
+            r.parent = new_parent;
         })?;
         let delta = i32::from(moves_dir);
         self.touch_dir(parent, -delta)?;
@@ -822,12 +820,9 @@ impl<R: KvRead> Applier<'_, R> {
         let cross = parent != new_parent;
         let now = self.now;
         for (d, dest) in [(src, new_parent), (tgt, parent)] {
-            let moves_dir = cross && d.is_dir();
             self.update_inode(d.ino, |r| {
                 r.ctime = now;
-                if moves_dir {
-                    r.parent = dest;
-                }
+                r.parent = dest;
             })?;
         }
         let src_dir = i32::from(cross && src.is_dir());
@@ -927,7 +922,7 @@ fn new_inode(
         mtime: now,
         ctime: now,
         crtime: now,
-        parent: 0,
+        parent,
         target: Vec::new(),
         volume_root: false,
     };
@@ -936,7 +931,6 @@ fn new_inode(
         NewKind::Dir => {
             rec.kind = FileKind::Dir;
             rec.nlink = 2;
-            rec.parent = parent;
             if setgid_dir {
                 rec.perm |= S_ISGID;
             }

@@ -58,6 +58,7 @@ fn run(r: &impl KvRead, q: &MetaQuery) -> OpResult<MetaReply> {
             spec,
         } => lock_wait(r, *ino, *session, *seq, spec),
         MetaQuery::ListLocks { after, limit } => list_locks(r, *after, *limit),
+        MetaQuery::InodePath { ino } => Ok(MetaReply::Path(inode_path(r, *ino)?)),
         MetaQuery::ListSessions => {
             let all = r.scan(&[keys::SESSION], None, locking::SESSIONS_MAX as usize)?;
             let sessions = all
@@ -248,6 +249,49 @@ pub(crate) fn heal_pending(
             })
         })
         .collect()
+}
+
+/// Most entries of one directory searched for an inode's name by `InodePath`.
+const PATH_SEARCH_MAX_ENTRIES: usize = 65_536;
+
+/// The path of `ino` from its volume root, following parent hints and searching each
+/// parent's entries for the name (bounded); `None` if not found.
+fn inode_path(r: &impl KvRead, ino: Ino) -> OpResult<Option<Vec<u8>>> {
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    let mut cur = ino;
+    for _ in 0..crate::DIR_DEPTH_MAX {
+        let Some(rec) = read::inode(r, cur)? else {
+            return Ok(None);
+        };
+        if rec.volume_root {
+            names.reverse();
+            let mut path = Vec::new();
+            for n in names {
+                path.push(b'/');
+                path.extend_from_slice(&n);
+            }
+            if path.is_empty() {
+                path.push(b'/');
+            }
+            return Ok(Some(path));
+        }
+        let parent = rec.parent;
+        let entries = r.scan(&keys::dentry_prefix(parent), None, PATH_SEARCH_MAX_ENTRIES)?;
+        let mut found = None;
+        for (k, v) in &entries {
+            let d: DentryRec = decode(k, v)?;
+            if d.ino == cur {
+                found = k.get(9..).map(<[u8]>::to_vec);
+                break;
+            }
+        }
+        let Some(name) = found else {
+            return Ok(None);
+        };
+        names.push(name);
+        cur = parent;
+    }
+    Ok(None)
 }
 
 /// Most files returned by one `ListLocks` query.

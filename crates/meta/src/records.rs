@@ -34,8 +34,9 @@ pub(crate) struct InodeRec {
     pub ctime: Timestamp,
     /// Creation.
     pub crtime: Timestamp,
-    /// For directories: the directory holding it (itself for a volume root). 0 otherwise,
-    /// since a non-directory may have many parents.
+    /// For directories: the directory holding it (itself for a volume root). For other
+    /// inodes a hint: the directory of the name it was created or last renamed under
+    /// (hard links may make it stale); used to show paths in `plait lock list`.
     pub parent: Ino,
     /// For symlinks: the target. Empty otherwise.
     pub target: Vec<u8>,

@@ -372,6 +372,11 @@ pub enum MetaQuery {
     },
     /// Every open session.
     ListSessions,
+    /// A path of an inode from its volume root, best effort (for `plait lock list`).
+    InodePath {
+        /// The inode.
+        ino: Ino,
+    },
     /// A page of one node's heal-index entries in chunk-id order, after `after`.
     HealPending {
         /// The node whose missing copies to list.
@@ -471,4 +476,7 @@ pub enum MetaReply {
     Locks(Vec<FileLockInfo>),
     /// Open sessions.
     Sessions(Vec<SessionInfo>),
+    /// A path from the volume root (`None` if the inode has no name any more or its
+    /// name could not be found within the search bounds).
+    Path(Option<Vec<u8>>),
 }

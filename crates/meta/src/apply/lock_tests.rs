@@ -182,3 +182,21 @@ fn cancel_close_and_reap_leave_no_locks_or_waiters_behind() {
         ErrorCode::InvalidArgument
     );
 }
+
+#[test]
+fn inode_path_follows_the_latest_name() {
+    let (mut fs, root) = Fs::with_volume();
+    let d = fs.mkdir(root, "d");
+    let f = fs.mkfile(d, "f");
+    let path = |fs: &Fs, ino| match fs.q(MetaQuery::InodePath { ino }) {
+        Ok(MetaReply::Path(p)) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(path(&fs, f).as_deref(), Some(&b"/d/f"[..]));
+    assert_eq!(path(&fs, root).as_deref(), Some(&b"/"[..]));
+    fs.rename(d, "f", root, "g", plait_proto::meta::RenameMode::Replace)
+        .unwrap();
+    assert_eq!(path(&fs, f).as_deref(), Some(&b"/g"[..]));
+    fs.unlink(root, "g").unwrap();
+    assert_eq!(path(&fs, f), None);
+}
