@@ -110,6 +110,14 @@ impl Playground {
     /// Adds another mount of the same volume that is given only the addresses of nodes
     /// `via` (1-based; empty: all), and returns its path.
     pub fn mount_via(&mut self, via: &[u32]) -> Result<PathBuf> {
+        let via: Vec<String> = via.iter().map(|k| format!("--via-node={k}")).collect();
+        let via: Vec<&str> = via.iter().map(String::as_str).collect();
+        self.mount_with(&via)
+    }
+
+    /// Adds another mount of the same volume with extra `playground mount` flags (e.g.
+    /// `--lease-ms=2000`), and returns its path.
+    pub fn mount_with(&mut self, flags: &[&str]) -> Result<PathBuf> {
         self.extra_mounts += 1;
         let mnt = self
             .dir
@@ -117,9 +125,8 @@ impl Playground {
             .join(format!("mnt{}", self.extra_mounts + 1));
         let d = self.dir.path().to_string_lossy().into_owned();
         let m = mnt.to_string_lossy().into_owned();
-        let via: Vec<String> = via.iter().map(|k| format!("--via-node={k}")).collect();
         let mut args = vec!["playground", "mount", "--dir", &d];
-        args.extend(via.iter().map(String::as_str));
+        args.extend_from_slice(flags);
         args.push(&m);
         plait(&args)?;
         Ok(mnt)
@@ -332,4 +339,21 @@ pub fn node_views(pg: &Playground) -> Result<Vec<NodeView>> {
             })
         })
         .collect())
+}
+
+/// The process id of the playground mount at `mnt`, from `playground status`.
+pub fn mount_pid(pg: &Playground, mnt: &Path) -> Option<u32> {
+    let out = pg.cmd("status", &[]).ok()?;
+    let want = format!("mount {} (pid ", mnt.display());
+    out.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+}
+
+/// Path of a helper script under `tests/scripts/`.
+pub fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
 }

@@ -471,14 +471,20 @@ impl Filesystem for PlaitFuse {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let ino = self.vol(ino);
         let data = data.to_vec();
+        let append = flags.0 & libc::O_APPEND != 0;
         self.spawn(move |ctx| async move {
-            match ctx.fs.write(ino, fh.0, offset, &data).await {
+            let result = if append {
+                ctx.fs.write_append(ino, fh.0, &data).await
+            } else {
+                ctx.fs.write(ino, fh.0, offset, &data).await
+            };
+            match result {
                 Ok(written) => reply.written(written),
                 Err(e) => reply.error(errno("write", &e)),
             }
@@ -497,7 +503,7 @@ impl Filesystem for PlaitFuse {
         self.spawn(move |ctx| async move {
             // Closing any descriptor drops the process's POSIX locks on the file.
             let result = match ctx.fs.flush(ino).await {
-                Ok(()) => ctx.fs.release_lock_owner(ino, lock_owner.0).await,
+                Ok(()) => ctx.fs.release_lock_owner(ino, lock_owner.0, None).await,
                 Err(e) => Err(e),
             };
             reply_empty("flush", reply, result);
@@ -518,7 +524,7 @@ impl Filesystem for PlaitFuse {
         self.spawn(move |ctx| async move {
             // The last close of a flock'ed file drops its flock lock.
             if let Some(owner) = lock_owner
-                && let Err(e) = ctx.fs.release_lock_owner(ino, owner.0).await
+                && let Err(e) = ctx.fs.release_lock_owner(ino, owner.0, Some(fh.0)).await
             {
                 warn!(ino, error = %e, "releasing flock locks at close failed");
             }
@@ -530,7 +536,7 @@ impl Filesystem for PlaitFuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -544,6 +550,7 @@ impl Filesystem for PlaitFuse {
         };
         let call = LockCall {
             ino: self.vol(ino),
+            fh: fh.0,
             owner: lock_owner.0,
             start,
             end,
@@ -568,7 +575,7 @@ impl Filesystem for PlaitFuse {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -583,6 +590,7 @@ impl Filesystem for PlaitFuse {
         };
         let call = LockCall {
             ino: self.vol(ino),
+            fh: fh.0,
             owner: lock_owner.0,
             start,
             end,

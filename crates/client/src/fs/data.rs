@@ -29,16 +29,39 @@ const TOTAL_FLUSH_ROUNDS_MAX: usize = 8;
 impl PlaitFs {
     /// Opens file `ino` and returns the handle; `truncate` (O_TRUNC) empties it first.
     ///
-    /// No request is sent for a plain open: the cached extent map of the inode is dropped
-    /// (close-to-open), and the next read fetches the current one.
+    /// The cached extent map of the inode is dropped (close-to-open) and the first window
+    /// fetched at once, which the first read then uses. That request also proves the inode
+    /// still exists: if another mount deleted it while the kernel still trusted a cached
+    /// name, the open fails with ESTALE, on which the kernel looks the name up again and
+    /// retries (so `open(O_CREAT)` of a name recreated elsewhere creates or opens the
+    /// current file instead of handing out a dead one).
     pub async fn open(&self, ino: Ino, truncate: bool) -> Result<u64, FsError> {
         let fh = self.register_file(ino);
-        if truncate && let Err(e) = self.truncate_for_open(ino).await {
+        let checked = if truncate {
+            self.truncate_for_open(ino).await.map(|_| ())
+        } else {
+            self.prefetch_window(ino).await
+        };
+        if let Err(e) = checked {
             lock(&self.files).remove(&fh);
             self.close_inode(ino).await;
+            if e.is_gone() {
+                return Err(FsError::code(
+                    ErrorCode::Stale,
+                    format!("inode {ino} no longer exists"),
+                ));
+            }
             return Err(e);
         }
         Ok(fh)
+    }
+
+    /// Fetches and caches the first extent window of `ino` (see [`Self::open`]).
+    async fn prefetch_window(&self, ino: Ino) -> Result<(), FsError> {
+        let entry = self.inode_entry_or_new(ino);
+        let generation = entry.lock().extent_gen;
+        self.load_window(ino, &entry, generation, 0, 1).await?;
+        Ok(())
     }
 
     async fn truncate_for_open(&self, ino: Ino) -> Result<Attr, FsError> {
@@ -267,6 +290,41 @@ impl PlaitFs {
         let before = st.held_bytes();
         st.dirty.write(offset, data);
         self.account(before, st.held_bytes());
+        Ok(written)
+    }
+
+    /// A write to a file opened with O_APPEND: the bytes go at the end of the file as the
+    /// cluster knows it now (plus this mount's buffered bytes), not at the offset the
+    /// kernel chose from its cached size, which another mount may have outgrown. Under a
+    /// lock (Monolog's `flock` + append) this appends after the previous holder's lines.
+    /// Appends of this mount are serialized with each other and with flushes.
+    pub async fn write_append(&self, ino: Ino, fh: u64, data: &[u8]) -> Result<u32, FsError> {
+        self.check_file(ino, fh)?;
+        let written = u32::try_from(data.len())
+            .map_err(|_| FsError::code(ErrorCode::InvalidArgument, "write larger than 4 GiB"))?;
+        let entry = self.inode_entry_or_new(ino);
+        {
+            let _no_flush = entry.flush_lock.lock().await;
+            let committed = match self.client.query(MetaQuery::GetAttr { ino }).await? {
+                MetaReply::Attr(a) => a.size,
+                other => return Err(super::unexpected("GetAttr", &other)),
+            };
+            let mut st = entry.lock();
+            let offset = committed.max(st.dirty_end().unwrap_or(0));
+            if offset
+                .checked_add(u64::from(written))
+                .is_none_or(|end| end > FILE_MAX_BYTES)
+            {
+                return Err(FsError::code(
+                    ErrorCode::FileTooBig,
+                    "append past the largest file size",
+                ));
+            }
+            let before = st.held_bytes();
+            st.dirty.write(offset, data);
+            self.account(before, st.held_bytes());
+        }
+        self.make_room(ino, &entry, 0).await?;
         Ok(written)
     }
 

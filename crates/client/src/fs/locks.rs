@@ -36,13 +36,53 @@ const SIGNAL_POLL_MS: u64 = 100;
 /// Pause after a failed wait poll (no leader during a failover), in milliseconds.
 const WAIT_RETRY_MS: u64 = 200;
 
+/// Stripes of the per-(inode, owner) operation locks.
+const OWNER_STRIPES: usize = 64;
+
+/// Where an owner locked a file on this mount.
+#[derive(Debug, Clone, Copy)]
+struct Holding {
+    /// The session it locked under.
+    session: SessionId,
+    /// The file handle of its latest lock request: a flock release (at the last close
+    /// of a handle) only applies to the handle that locked, since the kernel reuses an
+    /// open file's owner id for the next open and delivers RELEASE asynchronously.
+    fh: u64,
+}
+
 /// The lock state of one mount.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct MountLocks {
     session: std::sync::Mutex<Option<Arc<Session>>>,
-    /// (inode, owner) → the session it locked under; kept until the owner releases.
-    owners: std::sync::Mutex<HashMap<(Ino, u64), SessionId>>,
+    /// (inode, owner) → where it locked; kept until the owner releases.
+    owners: std::sync::Mutex<HashMap<(Ino, u64), Holding>>,
+    /// Serializes the lock, unlock and release commits of one (inode, owner), so a late
+    /// release cannot overtake the lock request that followed it.
+    stripes: Vec<tokio::sync::Mutex<()>>,
     next_seq: AtomicU32,
+}
+
+impl Default for MountLocks {
+    fn default() -> Self {
+        Self {
+            session: std::sync::Mutex::new(None),
+            owners: std::sync::Mutex::new(HashMap::new()),
+            stripes: (0..OWNER_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            next_seq: AtomicU32::new(0),
+        }
+    }
+}
+
+impl MountLocks {
+    fn stripe(&self, ino: Ino, owner: u64) -> &tokio::sync::Mutex<()> {
+        let h = ino
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(owner.rotate_left(17));
+        // OWNER_STRIPES is a power of two and `stripes` has exactly that many entries.
+        &self.stripes[(h as usize) % OWNER_STRIPES]
+    }
 }
 
 /// A lock request as the kernel sends it.
@@ -50,6 +90,8 @@ pub(crate) struct MountLocks {
 pub struct LockCall {
     /// The file.
     pub ino: Ino,
+    /// The file handle the request came through.
+    pub fh: u64,
     /// The kernel's lock owner.
     pub owner: u64,
     /// First byte.
@@ -99,7 +141,11 @@ impl PlaitFs {
     /// fails with EIO if that session is no longer live.
     pub(super) fn write_session(&self, ino: Ino) -> Result<Option<SessionId>, FsError> {
         let owners = lock(&self.locks.owners);
-        let Some(id) = owners.iter().find(|((i, _), _)| *i == ino).map(|(_, s)| *s) else {
+        let Some(id) = owners
+            .iter()
+            .find(|((i, _), _)| *i == ino)
+            .map(|(_, h)| h.session)
+        else {
             return Ok(None);
         };
         drop(owners);
@@ -152,16 +198,23 @@ impl PlaitFs {
         }
         let spec = call.spec(lock_type)?;
         let seq = self.locks.next_seq.fetch_add(1, Ordering::Relaxed);
+        let stripe = self.locks.stripe(call.ino, call.owner).lock().await;
         // From here on the owner may hold something on the server: remember it so close
         // releases it even if the answer is lost.
-        lock(&self.locks.owners).insert((call.ino, call.owner), id);
+        let holding = Holding {
+            session: id,
+            fh: call.fh,
+        };
+        lock(&self.locks.owners).insert((call.ino, call.owner), holding);
         let op = MetaOp::SetLock {
             ino: call.ino,
             session: id,
             spec,
             wait: sleep.then_some(seq),
         };
-        let outcome = match self.client.meta(op).await {
+        let reply = self.client.meta(op).await;
+        drop(stripe);
+        let outcome = match reply {
             Ok(MetaReply::LockSet(o)) => o,
             Ok(other) => return Err(unexpected("SetLock", &other)),
             Err(e) => {
@@ -280,7 +333,8 @@ impl PlaitFs {
     /// F_UNLCK / LOCK_UN: commits the inode's buffered bytes first, so the next holder
     /// sees them. Costs nothing if the owner never locked this file on this mount.
     async fn unlock(&self, call: LockCall) -> Result<(), FsError> {
-        let Some(session) = lock(&self.locks.owners)
+        let _stripe = self.locks.stripe(call.ino, call.owner).lock().await;
+        let Some(Holding { session, .. }) = lock(&self.locks.owners)
             .get(&(call.ino, call.owner))
             .copied()
         else {
@@ -299,13 +353,25 @@ impl PlaitFs {
         Ok(())
     }
 
-    /// Drops every lock and waiter of `owner` on `ino` (close of a descriptor, or the last
-    /// close of a flock'ed file), after committing buffered bytes. No request if the
-    /// owner never locked the file on this mount.
-    pub async fn release_lock_owner(&self, ino: Ino, owner: u64) -> Result<(), FsError> {
-        let Some(session) = lock(&self.locks.owners).get(&(ino, owner)).copied() else {
+    /// Drops every lock and waiter of `owner` on `ino` (close of a descriptor, or with
+    /// `fh` the last close of that flock'ed handle), after committing buffered bytes. No
+    /// request if the owner never locked the file on this mount, or if `fh` is given and
+    /// the owner's latest lock came through another handle.
+    pub async fn release_lock_owner(
+        &self,
+        ino: Ino,
+        owner: u64,
+        fh: Option<u64>,
+    ) -> Result<(), FsError> {
+        let _stripe = self.locks.stripe(ino, owner).lock().await;
+        let Some(Holding { session, fh: held }) =
+            lock(&self.locks.owners).get(&(ino, owner)).copied()
+        else {
             return Ok(());
         };
+        if fh.is_some_and(|fh| fh != held) {
+            return Ok(());
+        }
         self.flush(ino).await?;
         let op = MetaOp::ReleaseLockOwner {
             ino,

@@ -245,8 +245,9 @@ async fn extent_replies_are_paged() {
     fs.release(ino, fh).await.unwrap();
     want[45..].copy_from_slice(&[b'z'; 5]);
     state(&fake).extents_page_max = 2;
-    let fh = fs.open(ino, false).await.unwrap();
+    // The open fetches the first window (which proves the inode exists); reads use it.
     let before = state(&fake).extent_queries;
+    let fh = fs.open(ino, false).await.unwrap();
     assert_eq!(fs.read(ino, fh, 0, 4096).await.unwrap(), want);
     assert_eq!(
         state(&fake).extent_queries - before,
