@@ -102,6 +102,20 @@ pub async fn create_volume(
     write_quorum: Option<u32>,
 ) -> Result<bool> {
     let write_quorum = write_quorum.unwrap_or_else(|| default_quorum(replicas));
+    // Every copy needs its own node: more replicas than data nodes could never be met.
+    let data_nodes = client
+        .members()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the cluster map: {e}"))?
+        .len();
+    if replicas as usize > data_nodes {
+        bail!(
+            "volume {name}: {replicas} replicas need {replicas} data nodes, the cluster has {data_nodes}"
+        );
+    }
+    if write_quorum == 0 || write_quorum > replicas {
+        bail!("volume {name}: the write quorum must be between 1 and the replicas ({replicas})");
+    }
     let op = MetaOp::CreateVolume {
         name: name.to_string(),
         replicas,

@@ -7,6 +7,7 @@ mod debug;
 mod heal;
 mod locks;
 mod mount;
+mod nodes;
 mod playground;
 
 use anyhow::Result;
@@ -31,6 +32,9 @@ enum Cmd {
     /// Volumes.
     #[command(subcommand)]
     Volume(admin::VolumeCmd),
+    /// Members of the cluster.
+    #[command(subcommand)]
+    Node(nodes::NodeCmd),
     /// Missing copies and healing them.
     #[command(subcommand)]
     Heal(heal::HealCmd),
@@ -96,6 +100,7 @@ fn main() -> Result<()> {
         Cmd::Cluster(ClusterCmd::Init(args)) => cluster::init(&args),
         Cmd::Volume(cmd) => runtime()?.block_on(admin::volume(cmd)),
         Cmd::Lock(cmd) => runtime()?.block_on(locks::run(cmd)),
+        Cmd::Node(cmd) => runtime()?.block_on(nodes::run(cmd)),
         Cmd::Heal(cmd) => runtime()?.block_on(heal::run(cmd)),
         Cmd::Status(args) => runtime()?.block_on(admin::status(args)),
         // The mount builds its own runtime: fuser's loop blocks the calling thread.
