@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs (idempotently) everything Plait's build and tests need on Debian 12:
 # Debian packages for FUSE, the RocksDB library and bindgen, the tools the tests drive
-# (iproute2: `tc` for the partition test),
+# (iproute2: `tc` for the partition test; php-cli, sqlite3, python3 and util-linux's
+# flock for the lock tests),
 # and the third-party conformance suites from crates.io.
 set -euo pipefail
 # cargo-installed tools (pjdfstest, fsx) live here; CI may start without it on PATH.
 export PATH="$HOME/.cargo/bin:$PATH"
 
-PKGS=(fuse3 libclang-dev clang librocksdb-dev pkg-config bindfs attr sqlite3 php-cli iproute2)
+PKGS=(fuse3 libclang-dev clang librocksdb-dev pkg-config bindfs attr sqlite3 php-cli iproute2
+  python3 util-linux)
 
 missing=()
 for p in "${PKGS[@]}"; do
