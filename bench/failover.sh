@@ -190,6 +190,7 @@ for t in "${TL[@]}"; do
     for mode in "${ML[@]}"; do
       plait_down
       mkdir -p "$PG"
+      rm -f "$PG"/mount-*.log  # `playground up` appends to an earlier playground's mount logs
       "$PLAIT" playground up --dir "$PG" --nodes 3 --replicas 3 --mount "$PMNT" \
         >>"$OUT/plait3-playground.log" 2>&1 || die "playground up failed (see $OUT/plait3-playground.log)"
       run_one plait3 "$mode" "$PMNT"

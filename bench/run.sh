@@ -296,6 +296,7 @@ for t in "${TARGET_LIST[@]}"; do
     unmount "$BASE/$t"
     unmount "$BASE/peer-$t"
     mkdir -p "$dir"
+    rm -f "$dir"/mount-*.log  # `playground up` appends to an earlier playground's mount logs
     log "starting the Plait playground: $nodes node(s), replica $nodes"
     PG_DIRS+=("$t")
     if ! "$PLAIT" playground up --dir "$dir" --nodes "$nodes" --replicas "$nodes" --mount "$BASE/$t" \

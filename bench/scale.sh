@@ -45,7 +45,7 @@ down() {
     "$PLAIT" playground down --dir "$PG" >>"$OUT/playground.log" 2>&1 || log "warning: playground down failed"
   fi
   if mountpoint -q "$MNT" 2>/dev/null; then fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
-  rm -rf "$PG"/node*  # the chunk files and metadata of a million files
+  rm -rf "$PG"/node* "$PG"/mount-*.log  # the chunk files and metadata of a million files
 }
 trap 'rc=$?; trap "" INT TERM; down; exit $rc' EXIT
 trap 'exit 130' INT TERM
