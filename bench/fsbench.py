@@ -21,6 +21,15 @@ Workloads, in the order they run (see bench/README.md for what each one means):
     large_read_cold  that file read in 1 MiB reads, caches dropped           MiB/s
     lockf            fcntl.lockf LOCK_EX + LOCK_UN cycles on one file        cycles/s
     flock            fcntl.flock LOCK_EX + LOCK_UN cycles on one file        cycles/s
+    lockf_handoff    (with --peer) fcntl lock hand-off between two mounts    ms, median
+    flock_handoff    (with --peer) flock hand-off between two mounts         ms, median
+
+The hand-off workloads need --peer DIR: the same directory as TARGET seen through a
+second mount of the same volume (or TARGET itself for a local directory). Two
+processes, one per mount, ping-pong an exclusive lock on one file: the holder tells
+the other to lock (it blocks in F_SETLKW / flock), waits --handoff-settle-ms so the
+request is queued, reads CLOCK_MONOTONIC and unlocks; the other reads the clock as
+soon as its lock call returns. The difference is one hand-off.
 
 "Dropping caches" is `sync; echo 3 > /proc/sys/vm/drop_caches`, done only when
 running as root (the JSON records whether it happened). It empties the kernel's
@@ -40,10 +49,12 @@ import fcntl
 import json
 import os
 import platform
+import select
 import signal
 import shutil
 import socket
 import statistics
+import struct
 import sys
 import time
 
@@ -176,6 +187,163 @@ def rate(count, ns):
 
 
 # ---------------------------------------------------------------------------
+# contended lock hand-off (two processes, two mounts)
+
+HANDOFF_TIMEOUT_S = 30  # one hand-off slower than this is a failure, not a figure
+
+
+def mono_ns():
+    """CLOCK_MONOTONIC: one clock for every process on the host."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def _alarm(_signum, _frame):
+    raise TimeoutError(f"no lock grant within {HANDOFF_TIMEOUT_S} s")
+
+
+def _read_exact(fd, n):
+    buf = b""
+    deadline = time.monotonic() + HANDOFF_TIMEOUT_S
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the other process did not answer within {HANDOFF_TIMEOUT_S} s")
+        if not select.select([fd], [], [], left)[0]:
+            continue
+        b = os.read(fd, n - len(buf))
+        if not b:
+            raise EOFError("the other process closed its pipe")
+        buf += b
+    return buf
+
+
+def _pingpong(kind, path, rfd, wfd, holds_first, rounds, settle_s):
+    """One side of the ping-pong. Returns [(round, hand-off ns, unlock call ns)] for the
+    hand-offs this side gave (it held the lock and released it to the other side)."""
+    fd = os.open(path, os.O_RDWR)
+    if kind == "lockf":
+        def lock():
+            fcntl.lockf(fd, fcntl.LOCK_EX)  # F_SETLKW
+
+        def unlock():
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+    else:
+        def lock():
+            fcntl.flock(fd, fcntl.LOCK_EX)
+
+        def unlock():
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    old = signal.signal(signal.SIGALRM, _alarm)
+    out = []
+    try:
+        holding = holds_first
+        if holding:
+            lock()
+        for k in range(rounds):
+            if holding:
+                os.write(wfd, b"g")  # "lock now": the other side blocks in its lock call
+                time.sleep(settle_s)  # ... long enough for its request to be queued
+                t0 = mono_ns()
+                unlock()
+                t1 = mono_ns()
+                (granted,) = struct.unpack("<q", _read_exact(rfd, 8))
+                out.append((k, granted - t0, t1 - t0))
+            else:
+                _read_exact(rfd, 1)
+                signal.setitimer(signal.ITIMER_REAL, HANDOFF_TIMEOUT_S)
+                try:
+                    lock()
+                    granted = mono_ns()
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                os.write(wfd, struct.pack("<q", granted))
+            holding = not holding
+        if holding:
+            unlock()
+    finally:
+        signal.signal(signal.SIGALRM, old)
+        os.close(fd)
+    return out
+
+
+def lock_handoff(kind, path, peer_path, rounds, warmup, settle_ms):
+    """Hand-offs of an exclusive lock between this process (opening `path`) and a child
+    (opening `peer_path`, the same file through another mount)."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
+    os.write(fd, b"x")
+    os.close(fd)
+    total = rounds + warmup
+    settle_s = settle_ms / 1000.0
+    a2b_r, a2b_w = os.pipe()
+    b2a_r, b2a_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the other mount's process: never returns
+        code = 1
+        try:
+            os.close(a2b_w)
+            os.close(b2a_r)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                res = {"ok": _pingpong(kind, peer_path, a2b_r, b2a_w, False, total, settle_s)}
+            except Exception as e:
+                res = {"error": f"{type(e).__name__}: {e} (process on the second mount)"}
+            data = json.dumps(res).encode()
+            os.write(b2a_w, struct.pack("<q", len(data)) + data)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(a2b_r)
+    os.close(b2a_w)
+    try:
+        t0 = now_ns()
+        mine = _pingpong(kind, path, b2a_r, a2b_w, True, total, settle_s)
+        t = now_ns() - t0
+        (n,) = struct.unpack("<q", _read_exact(b2a_r, 8))
+        theirs = json.loads(_read_exact(b2a_r, n))
+        if "error" in theirs:
+            raise OSError(errno.EIO, theirs["error"])
+        os.waitpid(pid, 0)
+        pid = 0
+    finally:
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+        for f in (b2a_r, a2b_w):
+            os.close(f)
+        os.unlink(path)
+    rows = sorted([tuple(r) for r in theirs["ok"]] + mine)
+    rows = [r for r in rows if r[0] >= warmup]
+    early = sum(1 for r in rows if r[1] < 0)
+    if early:
+        # the waiter's lock call returned before the holder unlocked: the two sides do not
+        # exclude each other (e.g. bindfs forwards every client's fcntl locks as its own)
+        raise OSError(errno.ENOLCK, f"the lock does not exclude across the two views: in {early} of "
+                                    f"{len(rows)} hand-offs the waiter was granted before the holder unlocked")
+    hand = sorted(r[1] for r in rows)
+    unl = sorted(r[2] for r in rows)
+
+    def ms(v):
+        return round(v / 1e6, 3)
+
+    def pct(s, p):
+        return s[min(len(s) - 1, int(p * len(s)))]
+
+    api = "fcntl.lockf (F_SETLKW)" if kind == "lockf" else "fcntl.flock"
+    same = os.path.realpath(os.path.dirname(path)) == os.path.realpath(os.path.dirname(peer_path))
+    return result(hand[len(hand) // 2] / 1e6, "ms", t / 1e9, len(hand),
+                  f"{api} hand-off: holder's unlock call to the waiter's grant, "
+                  + ("same directory, two processes" if same else "two mounts, one process each"),
+                  hand, p50_ms=ms(pct(hand, 0.50)), p99_ms=ms(pct(hand, 0.99)),
+                  max_ms=ms(hand[-1]), min_ms=ms(hand[0]), mean_ms=ms(statistics.fmean(hand)),
+                  unlock_call_p50_ms=ms(pct(unl, 0.50)), settle_ms=settle_ms, warmup=warmup,
+                  lower_is_better=True)
+
+
+# ---------------------------------------------------------------------------
 # workloads
 
 
@@ -194,6 +362,8 @@ class Bench:
             for i in range(d, args.files, args.dirs):
                 self.files.append((self.dirs[d], f"f{i:06d}"))
         self.renamed = False
+        self.peer_root = (os.path.join(os.path.abspath(args.peer), os.path.basename(root))
+                          if args.peer else None)
 
     # -- helpers --
 
@@ -208,6 +378,8 @@ class Bench:
         return os.path.join(d, ("r" + name[1:]) if self.renamed else name)
 
     def run(self, name, fn, needs=()):
+        if self.a.only and name not in self.a.only:
+            return
         for dep in needs:
             if dep not in self.results:
                 self.errors[name] = f"skipped: {dep} did not complete"
@@ -447,6 +619,13 @@ class Bench:
         api = "fcntl.lockf (F_SETLKW)" if kind == "lockf" else "fcntl.flock"
         return result(rate(n, t), "cycles/s", t / 1e9, n, f"{api} LOCK_EX then LOCK_UN, one fd", lat)
 
+    # -- contended lock hand-off between two mounts --
+
+    def lock_handoff(self, kind):
+        return lock_handoff(kind, os.path.join(self.root, f"handoff-{kind}"),
+                            os.path.join(self.peer_root, f"handoff-{kind}"),
+                            self.a.handoffs, self.a.warmup_handoffs, self.a.handoff_settle_ms)
+
     # -- all --
 
     def run_all(self):
@@ -471,6 +650,9 @@ class Bench:
         if self.a.lock_cycles > 0:
             self.run("lockf", lambda: self.lock_cycles("lockf"))
             self.run("flock", lambda: self.lock_cycles("flock"))
+        if self.peer_root and self.a.handoffs > 0:
+            self.run("lockf_handoff", lambda: self.lock_handoff("lockf"))
+            self.run("flock_handoff", lambda: self.lock_handoff("flock"))
 
 
 def close_fds_under(root):
@@ -501,6 +683,16 @@ def main():
     p.add_argument("--large-mib", type=int, default=512, help="size of the large file in MiB (0 skips)")
     p.add_argument("--lock-cycles", type=int, default=2000, help="lock+unlock cycles per lock kind (0 skips)")
     p.add_argument("--warmup", type=int, default=40, help="untimed warm-up files / lock cycles")
+    p.add_argument("--peer", metavar="DIR",
+                   help="TARGET seen through a second mount of the same volume: adds the lock "
+                        "hand-off workloads (use TARGET itself for a local directory)")
+    p.add_argument("--handoffs", type=int, default=200, help="timed lock hand-offs per lock kind")
+    p.add_argument("--warmup-handoffs", type=int, default=10, help="untimed hand-offs first")
+    p.add_argument("--handoff-settle-ms", type=float, default=25,
+                   help="how long the holder waits after telling the other side to lock")
+    p.add_argument("--only", type=lambda v: [x for x in v.split(",") if x], default=[],
+                   help="comma-separated workloads to run (e.g. lockf_handoff,flock_handoff); "
+                        "workloads that need small_create need it listed too")
     p.add_argument("--no-drop-caches", action="store_true", help="never drop the kernel's caches")
     p.add_argument("--keep", action="store_true", help="keep the working directory (for debugging)")
     p.add_argument("--note", action="append", default=[], help="free-form note stored in the JSON")
@@ -567,9 +759,13 @@ def main():
                  "loadavg_after": os.getloadavg()},
         "params": {"files": a.files, "dirs": a.dirs, "file_size": a.file_size,
                    "fsync_small": a.fsync_small, "large_mib": a.large_mib,
-                   "lock_cycles": a.lock_cycles, "warmup": a.warmup},
+                   "lock_cycles": a.lock_cycles, "warmup": a.warmup,
+                   "handoffs": a.handoffs if a.peer else 0},
         "drop_caches": b.cache.summary(),
         "notes": a.note,
+        "peer": os.path.abspath(a.peer) if a.peer else None,
+        "peer_mount": mount_of(a.peer) if a.peer else None,
+        "only": a.only or None,
         "results": b.results,
         "errors": b.errors,
     }

@@ -107,6 +107,12 @@ volume_pids() {
   } | sort -un
 }
 
+# PID of brick N (1..3): the "Pid" line after "Brick : ...$BRICKROOT/bN" in the detail view
+brick_pid() {
+  gluster volume status "$VOL" detail 2>/dev/null |
+    awk -F: -v b="$BRICKROOT/b$1" '/^Brick /{gsub(/ /, "", $0); cur=$0} /^Pid/{gsub(/ /, "", $2); if (cur ~ b"$" && $2 ~ /^[0-9]+$/ && $2 != 0) print $2}'
+}
+
 # PID of the FUSE client process serving $MNT
 client_pid() {
   local p
@@ -172,5 +178,6 @@ case "${1:-up}" in
   status) status ;;
   client-pid) client_pid ;;
   volume-pids) volume_pids ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  brick-pid) brick_pid "${2:?brick number 1..3}" ;;
+  *) echo "usage: $0 up|down|status|client-pid|volume-pids|brick-pid N" >&2; exit 2 ;;
 esac

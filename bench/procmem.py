@@ -5,8 +5,8 @@
     procmem.py --label bindfs --pid bindfs=12345 --out mem-bindfs.json
 
 For every process it reads VmHWM (peak resident set size) and VmRSS (current) from
-/proc/PID/status. With --playground it takes the PIDs of the [[nodes]] (role "plaitd")
-and [[mounts]] (role "mount") entries of a `plait playground` state file.
+/proc/PID/status. With --playground it takes the PIDs of the [[nodes]] (role "plaitd ID")
+and [[mounts]] (role "mount N") entries of a `plait playground` state file.
 Python 3 standard library only.
 """
 
@@ -41,8 +41,9 @@ def playground_pids(path):
         import tomllib  # Python 3.11+
 
         data = tomllib.loads(raw.decode())
-        pids = [("plaitd", n["pid"]) for n in data.get("nodes", []) if n.get("pid")]
-        pids += [("mount", m["pid"]) for m in data.get("mounts", []) if m.get("pid")]
+        pids = [(f"plaitd {n.get('id', i + 1)}", n["pid"])
+                for i, n in enumerate(data.get("nodes", [])) if n.get("pid")]
+        pids += [(f"mount {i + 1}", m["pid"]) for i, m in enumerate(data.get("mounts", [])) if m.get("pid")]
         return pids
     except (ImportError, ValueError, KeyError, TypeError, AttributeError):
         pass  # no tomllib (Python < 3.11) or an unexpected shape: use the line parser

@@ -4,6 +4,7 @@
 #
 #   bench/run.sh                       # local, bindfs, plait
 #   bench/run.sh --gluster             # ... and GlusterFS replica 3 on loopback
+#   bench/run.sh --targets plait3,gluster   # the replica-3 comparison
 #   bench/run.sh --quick               # small sizes, for a smoke run
 #   bench/run.sh --targets local,bindfs -- --files 1000 --large-mib 128
 #
@@ -11,7 +12,14 @@
 #   local    $BASE/local, the plain filesystem
 #   bindfs   a bindfs FUSE passthrough of $BASE/bindfs-src mounted at $BASE/bindfs
 #   plait    `plait playground up --dir $BASE/pg --nodes 1 --replicas 1 --mount $BASE/plait`
+#   plait3   `plait playground up --dir $BASE/pg3 --nodes 3 --replicas 3 --mount $BASE/plait3`
+#            (write quorum 2, the default for replica 3)
 #   gluster  (with --gluster) bench/gluster-setup.sh's replica-3 volume at $BASE/gluster
+#
+# Every target also gets a second view of the same directory for the lock hand-off
+# workloads (fsbench.py --peer): a second `plait playground mount` at $BASE/peer-plait
+# (peer-plait3), a second GlusterFS FUSE mount at $BASE/peer-gluster, and the same
+# directory again for local and bindfs.
 #
 # Raw JSON goes to bench/results/<timestamp>/, and bench/report.py turns it into
 # the table (also saved there as report.md).  Benchmarks are never pass/fail.
@@ -38,13 +46,14 @@ REPEAT=1
 TIMEOUT=1800
 OUT=""
 LATENCY=""
+HANDOFF=1
 FSBENCH_ARGS=()
 
 usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
   cat <<EOF
 Options:
-  --targets LIST   comma-separated subset of local,bindfs,plait,gluster (default $TARGETS)
+  --targets LIST   comma-separated subset of local,bindfs,plait,plait3,gluster (default $TARGETS)
   --gluster        add the gluster target (sets it up, tears it down after)
   --keep-gluster   leave the gluster volume up afterwards (bench/gluster-setup.sh down undoes it)
   --repeat N       run each target N times; the report shows medians (default 1)
@@ -52,6 +61,7 @@ Options:
   --timeout SEC    give up on one fsbench run after SEC seconds (default $TIMEOUT)
   --out DIR        results directory (default bench/results/<timestamp>)
   --latency        add p50/p99 latency rows to the report
+  --no-handoff     no second mount, no lock hand-off workloads
   -- ARGS          everything after -- goes to fsbench.py (e.g. --files 1000)
 EOF
 }
@@ -66,6 +76,7 @@ while [ $# -gt 0 ]; do
     --timeout) TIMEOUT=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --latency) LATENCY=--latency; shift ;;
+    --no-handoff) HANDOFF=0; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; FSBENCH_ARGS+=("$@"); break ;;
     *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -74,7 +85,7 @@ done
 if [ "$GLUSTER" = 1 ] && [[ ",$TARGETS," != *,gluster,* ]]; then TARGETS="$TARGETS,gluster"; fi
 IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
 for t in "${TARGET_LIST[@]}"; do
-  case "$t" in local|bindfs|plait|gluster) ;; *) echo "run.sh: unknown target '$t'" >&2; exit 2 ;; esac
+  case "$t" in local|bindfs|plait|plait3|gluster) ;; *) echo "run.sh: unknown target '$t'" >&2; exit 2 ;; esac
 done
 has_target() { [[ ",$TARGETS," == *",$1,"* ]]; }
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --repeat wants a positive number" >&2; exit 2; }
@@ -86,12 +97,13 @@ die() { echo "run.sh: ERROR: $*" >&2; exit 1; }
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
 if [ "$(id -u)" != 0 ]; then
   if [ "$TARGETS" != local ]; then
-    die "run as root: the bindfs, plait and gluster targets mount filesystems, and cold-cache runs drop the kernel's caches (or use --targets local)"
+    die "run as root: the bindfs, plait, plait3 and gluster targets mount filesystems, and cold-cache runs drop the kernel's caches (or use --targets local)"
   fi
   log "warning: not root, so caches cannot be dropped: \"cold\" results will be warm"
 fi
 PLAIT="$PLAIT_BIN_DIR/plait"
-if has_target plait; then
+has_plait() { has_target plait || has_target plait3; }
+if has_plait; then
   for b in plait plaitd; do
     if [ ! -x "$PLAIT_BIN_DIR/$b" ]; then
       die "Plait binary $PLAIT_BIN_DIR/$b is missing.
@@ -118,7 +130,7 @@ rm -rf "$BASE"/local/fsbench-* "$BASE"/bindfs-src/fsbench-*
 
 # ---------------------------------------------------------------- cleanup
 BINDFS_PID=""
-PG_UP=0
+PG_DIRS=()     # playgrounds (by target label) this run started
 GLUSTER_UP=0
 unmount() {  # unmount a FUSE mountpoint if mounted
   if mountpoint -q "$1" 2>/dev/null; then
@@ -134,15 +146,19 @@ bindfs_down() {
     BINDFS_PID=""
   fi
 }
-plait_down() {
-  if [ "$PG_UP" = 1 ] || [ -f "$BASE/pg/playground.toml" ]; then
-    "$PLAIT" playground down --dir "$BASE/pg" >>"$OUT/plait-playground.log" 2>&1 ||
-      log "warning: plait playground down failed (see $OUT/plait-playground.log)"
-    PG_UP=0
+pg_dir() { if [ "$1" = plait ]; then echo "$BASE/pg"; else echo "$BASE/pg3"; fi; }
+plait_down() {  # plait_down LABEL: the playground $BASE/pg (plait) or $BASE/pg3 (plait3)
+  local label=$1 dir
+  dir=$(pg_dir "$label")
+  if [ -f "$dir/playground.toml" ]; then
+    "$PLAIT" playground down --dir "$dir" >>"$OUT/$label-playground.log" 2>&1 ||
+      log "warning: plait playground down failed (see $OUT/$label-playground.log)"
   fi
-  unmount "$BASE/plait"
+  unmount "$BASE/$label"
+  unmount "$BASE/peer-$label"
 }
 gluster_down() {
+  unmount "$BASE/peer-gluster"
   if [ "$GLUSTER_UP" = 1 ] && [ "$KEEP_GLUSTER" = 0 ]; then
     MNT="$BASE/gluster" "$BENCH_DIR/gluster-setup.sh" down >>"$OUT/gluster-setup.log" 2>&1 ||
       log "warning: gluster-setup.sh down failed (see $OUT/gluster-setup.log)"
@@ -153,7 +169,8 @@ cleanup() {
   local rc=$?
   trap '' INT TERM
   bindfs_down
-  if has_target plait; then plait_down; fi
+  local d
+  for d in ${PG_DIRS[@]+"${PG_DIRS[@]}"}; do plait_down "$d"; done
   gluster_down
   find "$OUT" -maxdepth 1 -name '*.json' -empty -delete 2>/dev/null || true
   exit $rc
@@ -176,7 +193,7 @@ trap on_signal INT TERM
 
 # ---------------------------------------------------------------- run metadata
 PLAIT_VERSION=""
-if has_target plait; then PLAIT_VERSION=$("$PLAIT" --version 2>/dev/null | head -1 || true); fi
+if has_plait; then PLAIT_VERSION=$("$PLAIT" --version 2>/dev/null | head -1 || true); fi
 GIT_REV=$(git -C "$BENCH_DIR/.." rev-parse --short HEAD 2>/dev/null || echo none)
 RUN_STAMP=$STAMP RUN_TARGETS=$TARGETS RUN_REPEAT=$REPEAT RUN_GIT=$GIT_REV RUN_BIN_DIR=$PLAIT_BIN_DIR \
 RUN_PLAIT_VERSION=$PLAIT_VERSION RUN_BINDFS_OPTS=$BINDFS_OPTS \
@@ -195,8 +212,12 @@ meta = {
     "targets": e["RUN_TARGETS"],
     "repeat": int(e["RUN_REPEAT"]),
     "git": e["RUN_GIT"],
-    "plait_version": (e["RUN_PLAIT_VERSION"] or "unknown version") if "plait" in targets else None,
-    "plait_built": mtime(os.path.join(e["RUN_BIN_DIR"], "plaitd")) if "plait" in targets else None,
+    "plait_version": (e["RUN_PLAIT_VERSION"] or "unknown version")
+                     if {"plait", "plait3"} & set(targets) else None,
+    "plait_built": mtime(os.path.join(e["RUN_BIN_DIR"], "plaitd"))
+                   if {"plait", "plait3"} & set(targets) else None,
+    "plait_bin_dir": e["RUN_BIN_DIR"] if {"plait", "plait3"} & set(targets) else None,
+    "loadavg_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     "bindfs_opts": e["RUN_BINDFS_OPTS"] if "bindfs" in targets else None,
     "fsbench_args": " ".join(sys.argv[2:]) or "defaults",
 }
@@ -206,14 +227,16 @@ EOF
 
 # ---------------------------------------------------------------- one fsbench run
 FAILED=()
+PEER=""        # the second view of the target's directory, for the hand-off workloads
 bench() {  # bench LABEL DIR NOTE...
   local label=$1 dir=$2; shift 2
-  local notes=() n i rc
+  local notes=() n i rc peer=()
   for n in "$@"; do notes+=(--note "$n"); done
+  if [ "$HANDOFF" = 1 ] && [ -n "$PEER" ]; then peer=(--peer "$PEER"); fi
   for i in $(seq 1 "$REPEAT"); do
     log "== $label ($i/$REPEAT): $dir"
     timeout --kill-after=30 "$TIMEOUT" "$PYTHON" "$BENCH_DIR/fsbench.py" --label "$label" \
-      "${notes[@]}" ${FSBENCH_ARGS[@]+"${FSBENCH_ARGS[@]}"} "$dir" >"$OUT/$label-$i.json" \
+      "${notes[@]}" ${peer[@]+"${peer[@]}"} ${FSBENCH_ARGS[@]+"${FSBENCH_ARGS[@]}"} "$dir" >"$OUT/$label-$i.json" \
       2> >(trap '' INT TERM; exec tee "$OUT/$label-$i.log" >&2) &
     BENCH_PID=$!
     while :; do  # a trapped signal interrupts `wait`; wait again until fsbench is gone
@@ -237,9 +260,11 @@ bench() {  # bench LABEL DIR NOTE...
 
 # ---------------------------------------------------------------- targets
 for t in "${TARGET_LIST[@]}"; do
+  PEER=""
   case "$t" in
   local)
     mkdir -p "$BASE/local"
+    PEER="$BASE/local"
     bench local "$BASE/local" "plain directory on the same disk"
     ;;
   bindfs)
@@ -256,32 +281,52 @@ for t in "${TARGET_LIST[@]}"; do
       bindfs_down
       continue
     fi
+    PEER="$BASE/bindfs"
     bench bindfs "$BASE/bindfs" "bindfs $(bindfs --version 2>/dev/null | head -1 | awk '{print $2}') $BINDFS_OPTS"
     "$PYTHON" "$BENCH_DIR/procmem.py" --label bindfs --pid "bindfs=$BINDFS_PID" --out "$OUT/mem-bindfs.json" || true
     bindfs_down
     ;;
-  plait)
-    if [ -f "$BASE/pg/playground.toml" ]; then
-      log "a previous playground is in $BASE/pg; taking it down first"
-      plait_down
+  plait|plait3)
+    dir=$(pg_dir "$t")
+    if [ "$t" = plait ]; then nodes=1; else nodes=3; fi
+    if [ -f "$dir/playground.toml" ]; then
+      log "a previous playground is in $dir; taking it down first"
+      plait_down "$t"
     fi
-    unmount "$BASE/plait"
-    mkdir -p "$BASE/pg"
-    log "starting the Plait playground"
-    PG_UP=1
-    if ! "$PLAIT" playground up --dir "$BASE/pg" --nodes 1 --replicas 1 --mount "$BASE/plait" \
-        >"$OUT/plait-playground.log" 2>&1; then
-      cat "$OUT/plait-playground.log" >&2
-      log "warning: plait playground up failed (log: $OUT/plait-playground.log; node logs under $BASE/pg); skipping plait"
-      FAILED+=(plait)
-      plait_down
+    unmount "$BASE/$t"
+    unmount "$BASE/peer-$t"
+    mkdir -p "$dir"
+    rm -f "$dir"/mount-*.log  # `playground up` appends to an earlier playground's mount logs
+    log "starting the Plait playground: $nodes node(s), replica $nodes"
+    PG_DIRS+=("$t")
+    if ! "$PLAIT" playground up --dir "$dir" --nodes "$nodes" --replicas "$nodes" --mount "$BASE/$t" \
+        >"$OUT/$t-playground.log" 2>&1; then
+      cat "$OUT/$t-playground.log" >&2
+      log "warning: plait playground up failed (log: $OUT/$t-playground.log; node logs under $dir); skipping $t"
+      FAILED+=("$t")
+      plait_down "$t"
       continue
     fi
-    cat "$OUT/plait-playground.log" >&2
-    bench plait "$BASE/plait" "plait playground: 1 node, replica 1${PLAIT_VERSION:+, $PLAIT_VERSION}"
-    "$PYTHON" "$BENCH_DIR/procmem.py" --label plait --playground "$BASE/pg/playground.toml" \
-      --out "$OUT/mem-plait.json" || true
-    plait_down
+    if [ "$HANDOFF" = 1 ]; then
+      if "$PLAIT" playground mount --dir "$dir" "$BASE/peer-$t" >>"$OUT/$t-playground.log" 2>&1; then
+        PEER="$BASE/peer-$t"
+      else
+        log "warning: second mount failed (see $OUT/$t-playground.log): no hand-off rows for $t"
+      fi
+    fi
+    cat "$OUT/$t-playground.log" >&2
+    "$PLAIT" playground status --dir "$dir" >>"$OUT/$t-playground.log" 2>&1 || true
+    note="plait playground: $nodes node(s), replica $nodes"
+    if [ "$nodes" = 3 ]; then note="$note, write quorum 2"; fi
+    bench "$t" "$BASE/$t" "$note${PLAIT_VERSION:+, $PLAIT_VERSION}"
+    "$PYTHON" "$BENCH_DIR/procmem.py" --label "$t" --playground "$dir/playground.toml" \
+      --out "$OUT/mem-$t.json" || true
+    # keep this run's node and mount logs with its results
+    mkdir -p "$OUT/logs-$t"
+    for f in "$dir"/mount-*.log "$dir"/node*/plaitd.log; do
+      if [ -f "$f" ]; then cp "$f" "$OUT/logs-$t/$(basename "$(dirname "$f")")-$(basename "$f")"; fi
+    done
+    plait_down "$t"
     ;;
   gluster)
     log "setting up GlusterFS (bench/gluster-setup.sh up)"
@@ -293,9 +338,18 @@ for t in "${TARGET_LIST[@]}"; do
       gluster_down
       continue
     fi
+    if [ "$HANDOFF" = 1 ]; then
+      mkdir -p "$BASE/peer-gluster"
+      if mount -t glusterfs 127.0.0.1:/plaitbench "$BASE/peer-gluster" >>"$OUT/gluster-setup.log" 2>&1; then
+        PEER="$BASE/peer-gluster"
+      else
+        log "warning: second GlusterFS mount failed (see $OUT/gluster-setup.log): no hand-off rows for gluster"
+      fi
+    fi
     bench gluster "$BASE/gluster" "GlusterFS $(glusterfs --version 2>/dev/null | head -1 | awk '{print $2}') replica 3 on loopback, one host"
     pids=()
     for p in $(MNT="$BASE/gluster" "$BENCH_DIR/gluster-setup.sh" client-pid 2>/dev/null); do pids+=(--pid "client=$p"); done
+    for p in $(MNT="$BASE/peer-gluster" "$BENCH_DIR/gluster-setup.sh" client-pid 2>/dev/null); do pids+=(--pid "client-2=$p"); done
     for p in $(MNT="$BASE/gluster" "$BENCH_DIR/gluster-setup.sh" volume-pids 2>/dev/null); do
       if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "--volfile-id shd/"; then pids+=(--pid "self-heal=$p"); else pids+=(--pid "brick=$p"); fi
     done
