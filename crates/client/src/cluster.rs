@@ -537,7 +537,7 @@ impl ClusterClient {
                 });
             }
             Err(_) => {
-                warn!(chunk = %id, remaining,
+                debug!(chunk = %id, remaining,
                     "too many replica puts in the background; chunk left under-replicated");
                 set.abort_all();
             }

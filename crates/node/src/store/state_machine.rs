@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -37,22 +37,17 @@ fn snapshot_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<SNAPSHOT_MAX_BYTES>()
 }
 
-/// The state machine; clones share the database and the current snapshot.
+/// The state machine; clones share the database and the snapshot file.
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Db>,
     snapshot_path: PathBuf,
-    current: Arc<Mutex<Option<Arc<Vec<u8>>>>>,
 }
 
 impl StateMachine {
     /// A state machine over `db`, keeping its latest snapshot at `snapshot_path`.
     pub fn new(db: Arc<Db>, snapshot_path: PathBuf) -> Self {
-        Self {
-            db,
-            snapshot_path,
-            current: Arc::new(Mutex::new(None)),
-        }
+        Self { db, snapshot_path }
     }
 
     fn read_sm<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -94,6 +89,11 @@ impl StateMachine {
         Ok(reply)
     }
 
+    /// Writes a snapshot of the applied state to the snapshot file, streaming: the state
+    /// is read twice from one RocksDB snapshot (to count, then to write each pair), so
+    /// memory does not grow with the number of files. The returned `Snapshot` carries no
+    /// data: openraft 0.9 keeps only the meta of a built snapshot (`sm::worker`) and asks
+    /// `get_current_snapshot` for the data when it must send one.
     fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let raw = self.db.raw();
         let snap = raw.snapshot();
@@ -111,48 +111,71 @@ impl StateMachine {
             Some(b) => dec(&b)?,
             None => Membership::default(),
         };
-        let mut ro = ReadOptions::default();
-        ro.set_snapshot(&snap);
-        let mut pairs = Vec::new();
-        for item in raw.iterator_cf_opt(self.db.cf(CF_STATE)?, ro, IteratorMode::Start) {
-            let (k, v) = item?;
-            pairs.push((k.to_vec(), v.to_vec()));
+        let state_cf = self.db.cf(CF_STATE)?;
+        let pairs_iter = || {
+            let mut ro = ReadOptions::default();
+            ro.set_snapshot(&snap);
+            raw.iterator_cf_opt(state_cf, ro, IteratorMode::Start)
+        };
+        let mut count: u64 = 0;
+        for item in pairs_iter() {
+            item?;
+            count += 1;
         }
         let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, pairs.len()),
-            None => format!("0-0-{}", pairs.len()),
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, count),
+            None => format!("0-0-{count}"),
         };
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership: membership,
             snapshot_id,
         };
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            pairs,
-        };
-        let bytes = bincode::serde::encode_to_vec(&file, snapshot_config())
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.save_current(bytes.clone())?;
+        // The same bytes `SnapshotFile` encodes to: the meta, the pair count, the pairs.
+        let tmp = self.snapshot_path.with_extension("tmp");
+        let io = |e: std::io::Error| StoreError::Corrupt(format!("snapshot file: {e}"));
+        let codec = |e: bincode::error::EncodeError| StoreError::Corrupt(e.to_string());
+        {
+            let file = std::fs::File::create(&tmp).map_err(io)?;
+            let mut w = std::io::BufWriter::new(file);
+            bincode::serde::encode_into_std_write(&meta, &mut w, snapshot_config())
+                .map_err(codec)?;
+            bincode::serde::encode_into_std_write(count, &mut w, snapshot_config())
+                .map_err(codec)?;
+            let mut written: u64 = 0;
+            for item in pairs_iter() {
+                let (k, v) = item?;
+                let pair = (k.to_vec(), v.to_vec());
+                bincode::serde::encode_into_std_write(&pair, &mut w, snapshot_config())
+                    .map_err(codec)?;
+                written += 1;
+            }
+            if written != count {
+                return Err(StoreError::Corrupt(format!(
+                    "snapshot changed while written: {count} pairs counted, {written} written"
+                )));
+            }
+            let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+            file.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.snapshot_path).map_err(io)?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 
-    fn save_current(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
+    /// Stores a received snapshot as the current one (temporary file, fsync, rename).
+    fn save_current(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let tmp = self.snapshot_path.with_extension("tmp");
         let io = |e: std::io::Error| StoreError::Corrupt(format!("snapshot file: {e}"));
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
+            f.write_all(bytes).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
         std::fs::rename(&tmp, &self.snapshot_path).map_err(io)?;
-        if let Ok(mut cur) = self.current.lock() {
-            *cur = Some(Arc::new(bytes));
-        }
         Ok(())
     }
 
@@ -172,24 +195,22 @@ impl StateMachine {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.raw().write_opt(batch, &wo)?;
-        self.save_current(bytes.to_vec())
+        self.save_current(bytes)
     }
 
+    /// The current snapshot, read from its file (only needed to send it to a follower
+    /// that fell behind the log, so it is not kept in memory).
     fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
-        let cached = self.current.lock().ok().and_then(|c| c.clone());
-        let bytes = match cached {
-            Some(b) => b.as_ref().clone(),
-            None => match std::fs::read(&self.snapshot_path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(StoreError::Corrupt(format!("snapshot file: {e}"))),
-            },
+        let bytes = match std::fs::read(&self.snapshot_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::Corrupt(format!("snapshot file: {e}"))),
         };
-        let (file, _): (SnapshotFile, usize) =
+        let (meta, _): (SnapshotMeta<u64, BasicNode>, usize) =
             bincode::serde::decode_from_slice(&bytes, snapshot_config())
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(Some(Snapshot {
-            meta: file.meta,
+            meta,
             snapshot: Box::new(Cursor::new(bytes)),
         }))
     }
@@ -258,5 +279,50 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {
         self.current_snapshot()
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streamed_snapshot_decodes_and_installs_to_the_same_state() {
+        let (d1, d2, d3) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let a = Db::open(d1.path()).unwrap();
+        let cf = a.cf(CF_STATE).unwrap();
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..5000u32)
+            .map(|i| {
+                (
+                    format!("I{i:08}").into_bytes(),
+                    vec![i as u8; (i % 300) as usize],
+                )
+            })
+            .collect();
+        for (k, v) in &pairs {
+            a.raw().put_cf(cf, k, v).unwrap();
+        }
+        let sm = StateMachine::new(a.clone(), d3.path().join("snapshot.bin"));
+        let built = sm.build().unwrap();
+        assert!(built.meta.snapshot_id.ends_with("-5000"));
+
+        // The streamed file is exactly a `SnapshotFile`.
+        let bytes = std::fs::read(d3.path().join("snapshot.bin")).unwrap();
+        let (file, used): (SnapshotFile, usize) =
+            bincode::serde::decode_from_slice(&bytes, snapshot_config()).unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(file.pairs, pairs);
+        let current = sm.current_snapshot().unwrap().unwrap();
+        assert_eq!(current.meta, built.meta);
+
+        // A follower installing it ends with the same state.
+        let b = Db::open(d2.path()).unwrap();
+        let follower = StateMachine::new(b.clone(), d2.path().join("snapshot.bin"));
+        follower.install(&bytes).unwrap();
+        assert_eq!(a.state_digest().unwrap().hex, b.state_digest().unwrap().hex);
     }
 }
