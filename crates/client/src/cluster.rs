@@ -67,6 +67,12 @@ const HASH_INLINE_MAX_BYTES: usize = 64 * 1024;
 /// unknown outcome.
 const PROBE_AFTER_IDLE_MS: u64 = 1_000;
 
+/// For this long after a transport failure a node is suspect: `NotLeader` hints naming it
+/// are not followed and rotation passes it by. During a failover the surviving nodes keep
+/// naming the dead leader until the election ends; following them costs an RPC timeout
+/// each time.
+const SUSPECT_AFTER_FAILURE_MS: u64 = 3_000;
+
 /// How old the cached cluster map may get before a chunk operation refreshes it, in
 /// milliseconds.
 const MAP_MAX_AGE_MS: u64 = 10_000;
@@ -187,6 +193,9 @@ pub struct ClusterClient {
     /// answered: an op may be sent without a probe to a node that answered within
     /// [`PROBE_AFTER_IDLE_MS`].
     reachable: Mutex<HashMap<SocketAddr, Instant>>,
+    /// When each node last failed at the transport level (see
+    /// [`SUSPECT_AFTER_FAILURE_MS`]); cleared by its next answer.
+    failed: Mutex<HashMap<SocketAddr, Instant>>,
     /// Index into `nodes` of the next node to try when the leader is unknown.
     next_node: AtomicUsize,
     rpc_timeout: Duration,
@@ -240,6 +249,7 @@ impl ClusterClient {
             nodes: config.nodes,
             leader: Mutex::new(None),
             reachable: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             next_node: AtomicUsize::new(0),
             rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
             op_timeout: Duration::from_millis(config.op_timeout_ms),
@@ -683,6 +693,12 @@ impl ClusterClient {
                 Ok(Response::Error(e)) if e.code == ErrorCode::NotLeader => {
                     last_error = format!("{target}: {e}");
                     match parse_hint(e.leader_hint.as_deref()) {
+                        // The hint names a node that just failed: the election is not
+                        // over yet; ask another node after the backoff instead.
+                        Some(hint) if self.is_suspect(hint) => {
+                            debug!(node = %target, %hint, "hint names a node that just failed");
+                            target = self.rotate();
+                        }
                         Some(hint) if hint != target && redirects < REDIRECTS_BEFORE_BACKOFF => {
                             debug!(from = %target, to = %hint, "following NotLeader redirect");
                             redirects += 1;
@@ -748,13 +764,31 @@ impl ClusterClient {
         timeout: Duration,
     ) -> Result<Response, NetError> {
         let result = self.transport.call(addr, req, timeout).await;
-        let mut reachable = self.reachable.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut reachable = self.reachable.lock().unwrap_or_else(|p| p.into_inner());
+            if result.is_ok() {
+                reachable.insert(addr, Instant::now());
+            } else {
+                reachable.remove(&addr);
+            }
+        }
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         if result.is_ok() {
-            reachable.insert(addr, Instant::now());
+            failed.remove(&addr);
         } else {
-            reachable.remove(&addr);
+            failed.insert(addr, Instant::now());
         }
         result
+    }
+
+    /// True if `addr` failed at the transport level within [`SUSPECT_AFTER_FAILURE_MS`]
+    /// and has not answered since.
+    fn is_suspect(&self, addr: SocketAddr) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(SUSPECT_AFTER_FAILURE_MS))
     }
 
     /// True if `addr` answered within [`PROBE_AFTER_IDLE_MS`] and not failed since.
@@ -793,13 +827,22 @@ impl ClusterClient {
         }
     }
 
-    /// Moves on to the next configured node and returns it.
+    /// Moves on to the next configured node that is not suspect (or simply the next one
+    /// if all are) and returns it.
     fn rotate(&self) -> SocketAddr {
-        let i = self
-            .next_node
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_add(1);
-        self.node_at(i)
+        let mut first = None;
+        for _ in 0..self.nodes.len() {
+            let i = self
+                .next_node
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
+            let addr = self.node_at(i);
+            first.get_or_insert(addr);
+            if !self.is_suspect(addr) {
+                return addr;
+            }
+        }
+        first.unwrap_or_else(|| self.node_at(0))
     }
 
     fn node_at(&self, i: usize) -> SocketAddr {
