@@ -357,3 +357,30 @@ pub fn script(name: &str) -> PathBuf {
         .join("scripts")
         .join(name)
 }
+
+/// Writes `data` to `path`, retrying failed attempts every 100 ms until `deadline` (an
+/// op whose outcome was unknown in a failover, or that reached an isolated leader, fails
+/// with EIO and is never acknowledged). Returns the time until success and the number of
+/// failed attempts; panics if writes did not resume before `deadline`.
+pub fn write_until_ok(
+    path: &Path,
+    data: &[u8],
+    deadline: std::time::Instant,
+) -> (std::time::Duration, u32) {
+    let start = std::time::Instant::now();
+    let mut failures = 0;
+    loop {
+        match std::fs::write(path, data) {
+            Ok(()) => return (start.elapsed(), failures),
+            Err(e) => {
+                failures += 1;
+                eprintln!("write {} failed (attempt {failures}): {e}", path.display());
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "writes did not resume: {e}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}

@@ -15,12 +15,11 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use plait_tests::{NodeDigest, Playground, leader, node_views, state_digests};
+use plait_tests::{NodeDigest, Playground, leader, node_views, state_digests, write_until_ok};
 
 /// Node K of a `--distinct-ips` playground has the address 127.0.0.(this + K).
 const NODE_IP_BASE: u32 = 10;
@@ -224,25 +223,6 @@ impl Drop for Partition {
             eprintln!(
                 "REMOVING THE PARTITION FAILED ({e:#}); run `tc qdisc del dev lo root handle {ROOT_HANDLE}`"
             );
-        }
-    }
-}
-
-/// Writes `data` to `path`, retrying a failed attempt (an op sent to the isolated leader
-/// fails with EIO, never acknowledged). Returns the time until success and the number of
-/// failed attempts.
-fn write_until_ok(path: &Path, data: &[u8], deadline: Instant) -> (Duration, u32) {
-    let start = Instant::now();
-    let mut failures = 0;
-    loop {
-        match fs::write(path, data) {
-            Ok(()) => return (start.elapsed(), failures),
-            Err(e) => {
-                failures += 1;
-                eprintln!("write {} failed (attempt {failures}): {e}", path.display());
-                assert!(Instant::now() < deadline, "writes did not resume: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
         }
     }
 }

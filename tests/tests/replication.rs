@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use plait_tests::{Playground, chunk_file, leader};
+use plait_tests::{Playground, chunk_file, leader, write_until_ok};
 
 /// Longest a single file write (create, write, close) may take while the leader fails
 /// over, retries included, in milliseconds. The target is 5 s; this bound is
@@ -25,25 +25,6 @@ fn holders(dir: &Path, data: &[u8]) -> Vec<u32> {
     (1..=3)
         .filter(|n| chunk_file(dir, *n, data).exists())
         .collect()
-}
-
-/// Writes `data` to `path`, retrying a failed attempt (an op whose outcome was unknown
-/// when the leader died is reported as EIO, never acknowledged). Returns the time until
-/// success and the number of failed attempts.
-fn write_until_ok(path: &Path, data: &[u8], deadline: Instant) -> (Duration, u32) {
-    let start = Instant::now();
-    let mut failures = 0;
-    loop {
-        match fs::write(path, data) {
-            Ok(()) => return (start.elapsed(), failures),
-            Err(e) => {
-                failures += 1;
-                eprintln!("write {} failed (attempt {failures}): {e}", path.display());
-                assert!(Instant::now() < deadline, "writes did not resume: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
 }
 
 #[test]

@@ -205,7 +205,9 @@ impl PlaitFs {
             session: id,
             fh: call.fh,
         };
-        lock(&self.locks.owners).insert((call.ino, call.owner), holding);
+        let known = lock(&self.locks.owners)
+            .insert((call.ino, call.owner), holding)
+            .is_some();
         let op = MetaOp::SetLock {
             ino: call.ino,
             session: id,
@@ -213,6 +215,18 @@ impl PlaitFs {
             wait: sleep.then_some(seq),
         };
         let reply = self.client.meta(op).await;
+        // A definite refusal to an owner that held nothing here leaves it holding nothing:
+        // forget it, so its inode's writes are not fenced and its close costs no request.
+        if !known
+            && matches!(
+                reply,
+                Ok(MetaReply::LockSet(
+                    SetOutcome::WouldBlock | SetOutcome::Deadlock
+                ))
+            )
+        {
+            lock(&self.locks.owners).remove(&(call.ino, call.owner));
+        }
         drop(stripe);
         let outcome = match reply {
             Ok(MetaReply::LockSet(o)) => o,
