@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use plait_client::ClusterClient;
-use plait_proto::lock::{LockType, OFFSET_MAX, SessionInfo};
-use plait_proto::{Ino, MetaQuery, MetaReply};
+use plait_proto::lock::{DelegationInfo, LockType, OFFSET_MAX, SessionInfo};
+use plait_proto::{Ino, MetaOp, MetaQuery, MetaReply};
 use serde::Serialize;
 
 use crate::admin::Output;
@@ -18,7 +18,8 @@ const PAGE_FILES: u32 = 256;
 /// `plait lock ...`
 #[derive(Debug, Subcommand)]
 pub enum LockCmd {
-    /// Holders and waiters of every lock: path, range, type, session, client, pid, since.
+    /// Holders and waiters of every lock, and delegated files: path, range, type,
+    /// session, client, pid, since.
     List {
         /// The volume `--path` is in (lock tables are cluster-wide: without `--path`
         /// every volume's locks are listed, with paths from their volume's root).
@@ -27,6 +28,11 @@ pub enum LockCmd {
         /// Only locks of this file, a path inside the volume (e.g. /storage/logs/app.log).
         #[arg(long)]
         path: Option<String>,
+        /// Ask mounts to give their lock delegations back first, so every lock shows up
+        /// with its owner and range (a delegated file is otherwise listed as one
+        /// "delegated" row: its mount grants its locks locally).
+        #[arg(long)]
+        exact: bool,
         #[command(flatten)]
         conn: ConnArgs,
         #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -87,6 +93,89 @@ async fn path_of(client: &ClusterClient, ino: Ino) -> String {
     }
 }
 
+/// Every delegation (or only that of `only`), in inode order.
+async fn delegations(client: &ClusterClient, only: Option<Ino>) -> Result<Vec<DelegationInfo>> {
+    let mut out = Vec::new();
+    let mut after = only.map(|i| i.saturating_sub(1));
+    loop {
+        let page = match client
+            .query(MetaQuery::ListDelegations {
+                after,
+                limit: PAGE_FILES,
+            })
+            .await?
+        {
+            MetaReply::Delegations(d) => d,
+            other => bail!("unexpected reply {other:?}"),
+        };
+        let Some(last) = page.last() else { break };
+        after = Some(last.ino);
+        let full = page.len() == PAGE_FILES as usize;
+        out.extend(page.into_iter().filter(|d| only.is_none_or(|i| i == d.ino)));
+        if !full || only.is_some() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Most time `--exact` waits for mounts to give their delegations back, in milliseconds.
+const RECALL_WAIT_MS: u64 = 5_000;
+
+/// Asks the holders of every delegation (or of `only`'s) to give it back and waits, at
+/// most [`RECALL_WAIT_MS`], until they did.
+async fn recall_all(client: &ClusterClient, only: Option<Ino>) -> Result<()> {
+    // Session 0 is never handed out, so it never holds a delegation itself.
+    const NO_SESSION: u64 = 0;
+    for d in delegations(client, only).await? {
+        client
+            .meta(MetaOp::RecallDelegation {
+                ino: d.ino,
+                session: NO_SESSION,
+            })
+            .await?;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(RECALL_WAIT_MS);
+    while std::time::Instant::now() < deadline {
+        if delegations(client, only).await?.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    eprintln!("some mounts did not give their delegations back in time; listed as delegated");
+    Ok(())
+}
+
+/// One row per delegated file.
+async fn delegated_rows(
+    client: &ClusterClient,
+    only: Option<Ino>,
+    sessions: &HashMap<u64, SessionInfo>,
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for d in delegations(client, only).await? {
+        rows.push(Row {
+            path: path_of(client, d.ino).await,
+            ino: d.ino,
+            state: "delegated",
+            lock_type: "any",
+            start: 0,
+            end: None,
+            session: d.session,
+            client: sessions
+                .get(&d.session)
+                .map(|i| i.client.clone())
+                .unwrap_or_else(|| "(expired)".into()),
+            pid: 0,
+            since_ms: u64::try_from(d.since.sec)
+                .unwrap_or(0)
+                .saturating_mul(1000)
+                .saturating_add(u64::from(d.since.nsec / 1_000_000)),
+        });
+    }
+    Ok(rows)
+}
+
 fn type_name(t: LockType) -> &'static str {
     match t {
         LockType::Read => "read",
@@ -99,6 +188,7 @@ pub async fn run(cmd: LockCmd) -> Result<()> {
     let LockCmd::List {
         volume,
         path,
+        exact,
         conn,
         output,
     } = cmd;
@@ -111,7 +201,10 @@ pub async fn run(cmd: LockCmd) -> Result<()> {
         MetaReply::Sessions(s) => s.into_iter().map(|s| (s.id, s)).collect(),
         other => bail!("unexpected reply {other:?}"),
     };
-    let mut rows = Vec::new();
+    if exact {
+        recall_all(&client, only).await?;
+    }
+    let mut rows = delegated_rows(&client, only, &sessions).await?;
     let mut after = only.map(|i| i.saturating_sub(1));
     loop {
         let page = match client

@@ -314,6 +314,24 @@ impl ClusterClient {
         }
     }
 
+    /// Waits on the leader (at most `timeout_ms`, and at most about half the RPC timeout)
+    /// until the answer to `query` differs from `current`; answers it (`current` when the
+    /// time ran out: ask again).
+    pub async fn wait_change(
+        &self,
+        query: MetaQuery,
+        current: MetaReply,
+        timeout_ms: u64,
+    ) -> Result<MetaReply, RpcError> {
+        let cap_ms = u64::try_from(self.rpc_timeout.as_millis() / 2).unwrap_or(1_000);
+        let req = Request::WaitChange {
+            query,
+            current,
+            timeout_ms: timeout_ms.min(cap_ms).max(10),
+        };
+        meta_reply(self.call_leader(&req, Retry::Always).await?)
+    }
+
     /// Makes node `node_id` at `addr` a voter of the metadata group (through the leader,
     /// with the same routing as [`Self::query`]; idempotent) and returns the voters after
     /// the change.

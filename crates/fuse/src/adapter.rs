@@ -602,8 +602,7 @@ impl Filesystem for PlaitFuse {
         self.spawn(move |ctx| async move {
             let interrupted = move || crate::signals::signal_pending(tid);
             let result = ctx.fs.setlk(call, sleep, interrupted).await;
-            if result.is_ok()
-                && lock_type.is_some()
+            if let Ok(true) = result
                 && let Some(n) = ctx.notifier.get()
             {
                 // The new holder must read what the last one wrote: drop the kernel's
@@ -612,7 +611,7 @@ impl Filesystem for PlaitFuse {
                     debug!(ino = call.ino, error = %e, "cache invalidation after lock grant failed");
                 }
             }
-            reply_empty("setlk", reply, result);
+            reply_empty("setlk", reply, result.map(|_| ()));
         });
     }
 

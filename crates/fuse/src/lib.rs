@@ -113,7 +113,9 @@ pub fn mount_blocking(
     fs.set_session(lock_session.clone());
     let renewals = rt.spawn(lock_session.clone().renew_forever());
     let notifier = Arc::new(std::sync::OnceLock::new());
-    let adapter = PlaitFuse::new(Arc::new(fs), rt.clone(), notifier.clone());
+    let fs = Arc::new(fs);
+    let recalls = rt.spawn(fs.clone().serve_recalls());
+    let adapter = PlaitFuse::new(fs, rt.clone(), notifier.clone());
     let mut session =
         Session::new(adapter, &mountpoint, &session_config(&opts)).map_err(FuseError::Mount)?;
     let _ = notifier.set(session.notifier());
@@ -123,6 +125,7 @@ pub fn mount_blocking(
     let result = session.run();
     watcher.abort();
     renewals.abort();
+    recalls.abort();
     rt.block_on(lock_session.close());
     info!(mountpoint = %mountpoint.display(), "unmounted");
     result.map_err(FuseError::Session)

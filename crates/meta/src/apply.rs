@@ -114,7 +114,14 @@ impl<R: KvRead> Applier<'_, R> {
                 session,
                 spec,
                 wait,
-            } => self.set_lock(*ino, *session, spec, *wait),
+                delegate,
+            } => self.set_lock(*ino, *session, spec, *wait, *delegate),
+            MetaOp::RecallDelegation { ino, session } => self.recall_delegation(*ino, *session),
+            MetaOp::ReturnDelegation {
+                ino,
+                session,
+                holders,
+            } => self.return_delegation(*ino, *session, holders),
             MetaOp::Unlock {
                 ino,
                 session,
@@ -994,6 +1001,7 @@ fn no_attr(name: &[u8]) -> Fail {
     )
 }
 
+pub(crate) mod delegation;
 #[cfg(test)]
 mod lock_tests;
 pub(crate) mod locking;

@@ -31,6 +31,10 @@ pub(crate) const LOCKS: u8 = b'L';
 pub(crate) const SESSION: u8 = b'S';
 /// A session has locks or waiters on a file: `K` + session id + ino (empty value).
 pub(crate) const SESSION_FILE: u8 = b'K';
+/// Lock delegation of a file (`Q` + ino): held by a session, or cooling down after a recall.
+pub(crate) const DELEGATION: u8 = b'Q';
+/// Recalled delegations of a session (`W` + session + ino), what its mount must give back.
+pub(crate) const RECALL: u8 = b'W';
 
 /// Counter holding the next session id to hand out.
 pub(crate) const NEXT_SESSION: &[u8] = b"next_session";
@@ -126,6 +130,23 @@ pub(crate) fn session_files_prefix(id: u64) -> Vec<u8> {
 /// Key of "session `id` has locks or waiters on `ino`".
 pub(crate) fn session_file(id: u64, ino: Ino) -> Vec<u8> {
     let mut k = session_files_prefix(id);
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+/// Key of a file's lock delegation.
+pub(crate) fn delegation(ino: Ino) -> Vec<u8> {
+    with_ino(DELEGATION, ino, 0)
+}
+
+/// Prefix of the recalled delegations of a session.
+pub(crate) fn recalls_prefix(session: u64) -> Vec<u8> {
+    with_ino(RECALL, session, 8)
+}
+
+/// Key of "session `session` must give back the delegation of `ino`".
+pub(crate) fn recall(session: u64, ino: Ino) -> Vec<u8> {
+    let mut k = recalls_prefix(session);
     k.extend_from_slice(&ino.to_be_bytes());
     k
 }

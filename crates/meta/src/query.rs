@@ -10,7 +10,7 @@ use plait_proto::lock::{
     FileLockInfo, LockKind, LockSpec, LockType, SessionId, WaitState, waiter_id,
 };
 
-use crate::apply::locking;
+use crate::apply::{delegation, locking};
 use crate::keys;
 use crate::read;
 use crate::records::{DentryRec, HealRec, VolumeRec, decode};
@@ -42,6 +42,10 @@ fn run(r: &impl KvRead, q: &MetaQuery) -> OpResult<MetaReply> {
         MetaQuery::FsStats => fs_stats(r),
         MetaQuery::HealSummary => heal_summary(r),
         MetaQuery::TestLock { ino, session, spec } => {
+            if delegation::holder(r, *ino)?.is_some_and(|h| h != *session) {
+                // Only the holder's mount knows the locks: it must give them back first.
+                return Ok(MetaReply::LockRecalling);
+            }
             let locks = locking::file_locks(r, *ino)?;
             let owner = plait_locks::Owner::new(*session, spec.owner);
             Ok(MetaReply::LockConflict(locks.test(
@@ -58,6 +62,9 @@ fn run(r: &impl KvRead, q: &MetaQuery) -> OpResult<MetaReply> {
             spec,
         } => lock_wait(r, *ino, *session, *seq, spec),
         MetaQuery::ListLocks { after, limit } => list_locks(r, *after, *limit),
+        MetaQuery::Delegation { ino } => Ok(MetaReply::Delegated(delegation::holder(r, *ino)?)),
+        MetaQuery::Recalls { session } => Ok(MetaReply::Recalls(delegation::recalls(r, *session)?)),
+        MetaQuery::ListDelegations { after, limit } => delegation::list(r, *after, *limit),
         MetaQuery::InodePath { ino } => Ok(MetaReply::Path(inode_path(r, *ino)?)),
         MetaQuery::ListSessions => {
             let all = r.scan(&[keys::SESSION], None, locking::SESSIONS_MAX as usize)?;

@@ -316,6 +316,9 @@ pub(crate) struct State {
     pub sessions: BTreeSet<u64>,
     /// (session, ino) pairs of the session-file index.
     pub session_files: BTreeSet<(u64, Ino)>,
+    pub delegations: BTreeMap<Ino, crate::apply::delegation::DelegationRec>,
+    /// (session, ino) pairs of the recall index.
+    pub recalls: BTreeSet<(u64, Ino)>,
 }
 
 fn ino_of(key: &[u8]) -> Ino {
@@ -380,6 +383,13 @@ impl State {
                     assert!(v.is_empty());
                     s.session_files
                         .insert((ino_of(k), keys::trailing_u64(k).unwrap()));
+                }
+                keys::DELEGATION => {
+                    s.delegations.insert(ino_of(k), decode(k, v).unwrap());
+                }
+                keys::RECALL => {
+                    assert!(v.is_empty());
+                    s.recalls.insert((ino_of(k), keys::trailing_u64(k).unwrap()));
                 }
                 keys::HEAL => {
                     let _: crate::records::HealRec = decode(k, v).unwrap();
@@ -513,5 +523,30 @@ fn check_locks(s: &State) {
             named.insert((session, *ino));
         }
     }
+    let mut recalled = BTreeSet::new();
+    for (ino, rec) in &s.delegations {
+        use crate::apply::delegation::DelegationRec;
+        if let DelegationRec::Held {
+            session,
+            recalled: r,
+            ..
+        } = rec
+        {
+            assert!(s.inodes.contains_key(ino), "delegation of missing inode {ino}");
+            assert!(
+                s.sessions.contains(session),
+                "delegation to closed session {session}"
+            );
+            assert!(
+                !s.locks.contains_key(ino),
+                "delegated inode {ino} has a lock table"
+            );
+            named.insert((*session, *ino));
+            if r.is_some() {
+                recalled.insert((*session, *ino));
+            }
+        }
+    }
     assert_eq!(named, s.session_files, "session-file index out of step");
+    assert_eq!(recalled, s.recalls, "recall index out of step");
 }

@@ -135,11 +135,24 @@ impl Service {
             seq,
             spec,
         };
+        let queued = MetaReply::LockWait(plait_proto::lock::WaitState::Queued);
+        self.wait_change(q, &queued, timeout_ms).await
+    }
+
+    /// Answers `q` once its answer differs from `current` (leader only: the first read is
+    /// linearizable, later ones follow the applied state), or `current` after
+    /// `timeout_ms` (capped), so the caller asks again.
+    async fn wait_change(
+        &self,
+        q: MetaQuery,
+        current: &MetaReply,
+        timeout_ms: u64,
+    ) -> Result<MetaReply, RpcError> {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(timeout_ms.min(WAIT_LOCK_MAX_MS));
         let mut metrics = self.raft.metrics();
         let first = self.query(q.clone()).await?;
-        if first != MetaReply::LockWait(plait_proto::lock::WaitState::Queued) {
+        if first != *current {
             return Ok(first);
         }
         loop {
@@ -149,7 +162,7 @@ impl Service {
                 _ => return Ok(first),
             }
             let now = self.query_local(q.clone())?;
-            if now != first {
+            if now != *current {
                 return Ok(now);
             }
         }
@@ -369,6 +382,14 @@ impl Service {
                 spec,
                 timeout_ms,
             } => match self.wait_lock(ino, session, seq, spec, timeout_ms).await {
+                Ok(r) => Response::Meta(r),
+                Err(e) => error(e),
+            },
+            Request::WaitChange {
+                query,
+                current,
+                timeout_ms,
+            } => match self.wait_change(query, &current, timeout_ms).await {
                 Ok(r) => Response::Meta(r),
                 Err(e) => error(e),
             },

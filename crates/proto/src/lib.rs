@@ -108,6 +108,17 @@ pub enum Request {
         /// Longest wait, in milliseconds (the node caps it).
         timeout_ms: u64,
     },
+    /// Wait (leader only, at most `timeout_ms`) until the answer to `query` differs from
+    /// `current`, then answer it (as `Response::Meta`); `current` itself if the time ran
+    /// out, so the caller asks again. Answered from committed state only.
+    WaitChange {
+        /// The read to watch.
+        query: MetaQuery,
+        /// The answer the caller already has.
+        current: MetaReply,
+        /// Longest wait, in milliseconds (the node caps it).
+        timeout_ms: u64,
+    },
     /// A digest of this node's applied metadata state, from its own state machine (no
     /// leadership check), for divergence checks. Answered with [`Response::StateDigest`].
     StateDigest,

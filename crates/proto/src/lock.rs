@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 pub use plait_locks::{
-    Conflict, HeldLock, LockKind, LockRange, LockType, OFFSET_MAX, Owner as LockOwner, SetOutcome,
-    Waiter,
+    Conflict, FileLocks, Grant, HeldLock, LockError, LockKind, LockRange, LockRequest, LockType,
+    OFFSET_MAX, Owner as LockOwner, SetOutcome, WaitMode, Waiter,
 };
 
 use crate::{Ino, Timestamp};
@@ -63,6 +63,20 @@ pub enum WaitState {
     Granted,
     /// Neither queued nor held: cancelled, refused, or its session expired.
     Gone,
+}
+
+/// A file's lock delegation: one session manages the file's locks itself until it is
+/// asked to give them back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelegationInfo {
+    /// The file.
+    pub ino: Ino,
+    /// The session holding it.
+    pub session: SessionId,
+    /// When it was handed out.
+    pub since: Timestamp,
+    /// When another session asked for it back (`None`: not recalled).
+    pub recalled: Option<Timestamp>,
 }
 
 /// The locks of one file, for `plait lock list`.

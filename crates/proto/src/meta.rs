@@ -235,6 +235,31 @@ pub enum MetaOp {
         /// `Some(seq)` to queue the request if it conflicts (F_SETLKW, blocking flock);
         /// `None` to fail with `WouldBlock`.
         wait: Option<u32>,
+        /// Ask for a delegation of the file's locks: if nobody holds, waits for or
+        /// recently fought over a lock on the file, the group hands the whole file's lock
+        /// table to the session instead (answered `LockDelegated`; the mount then takes
+        /// this and later locks itself, without a commit each).
+        delegate: bool,
+    },
+    /// Ask the session holding the file's delegation to give it back (a lock request or
+    /// F_GETLK from another session needs the real lock table). Answered `LockRecalling`
+    /// while the delegation is held, `Empty` if there is none.
+    RecallDelegation {
+        /// The file.
+        ino: Ino,
+        /// The asking session.
+        session: SessionId,
+    },
+    /// Give back a delegation: the locks the session's owners hold on the file under it
+    /// become ordinary locks of the group's table. Idempotent: a delegation that is no
+    /// longer held by the session is left alone (answered `Empty`).
+    ReturnDelegation {
+        /// The file.
+        ino: Ino,
+        /// The session that held the delegation.
+        session: SessionId,
+        /// Every lock record its owners hold on the file (at most the per-file bound).
+        holders: Vec<LockSpec>,
     },
     /// Unlock a range of an owner's locks (F_UNLCK, LOCK_UN).
     Unlock {
@@ -363,6 +388,23 @@ pub enum MetaQuery {
         /// The request.
         spec: LockSpec,
     },
+    /// Which session holds the file's lock delegation, if any (`Delegated`).
+    Delegation {
+        /// The file.
+        ino: Ino,
+    },
+    /// The files whose delegations the session was asked to give back (`Recalls`).
+    Recalls {
+        /// The session.
+        session: SessionId,
+    },
+    /// Delegated files in inode order after `after` (`Delegations`).
+    ListDelegations {
+        /// Continue after this inode.
+        after: Option<Ino>,
+        /// Most files to return (the node caps it).
+        limit: u32,
+    },
     /// Files with locks or waiters, in inode order after `after`.
     ListLocks {
         /// Continue after this inode.
@@ -472,6 +514,18 @@ pub enum MetaReply {
     LockConflict(Option<crate::lock::Conflict>),
     /// The answer to `LockWait`.
     LockWait(WaitState),
+    /// `SetLock` with `delegate`: the session now holds the file's lock delegation; the
+    /// requested lock was not taken by the group, the session takes it itself.
+    LockDelegated,
+    /// Another session holds the file's lock delegation and was asked to give it back:
+    /// ask again once it is gone (`Request::WaitChange` on `MetaQuery::Delegation`).
+    LockRecalling,
+    /// The answer to `Delegation`: the holding session.
+    Delegated(Option<SessionId>),
+    /// The answer to `Recalls`: files in inode order.
+    Recalls(Vec<Ino>),
+    /// The answer to `ListDelegations`.
+    Delegations(Vec<crate::lock::DelegationInfo>),
     /// Files with locks.
     Locks(Vec<FileLockInfo>),
     /// Open sessions.

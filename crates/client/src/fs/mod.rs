@@ -19,6 +19,7 @@
 mod cache;
 mod chunk_io;
 mod data;
+mod delegation;
 mod dir;
 mod dirty;
 mod extents;

@@ -31,6 +31,7 @@ fn set(fs: &mut Fs, ino: u64, session: u64, s: LockSpec, wait: Option<u32>) -> S
         session,
         spec: s,
         wait,
+        delegate: false,
     }) {
         Ok(MetaReply::LockSet(o)) => o,
         other => panic!("{other:?}"),
@@ -126,7 +127,8 @@ fn an_expired_session_loses_its_locks_and_its_writes_are_fenced() {
             ino: f,
             session: a,
             spec: w,
-            wait: None
+            wait: None,
+            delegate: false,
         })),
         ErrorCode::SessionExpired
     );
@@ -199,4 +201,167 @@ fn inode_path_follows_the_latest_name() {
     assert_eq!(path(&fs, f).as_deref(), Some(&b"/g"[..]));
     fs.unlink(root, "g").unwrap();
     assert_eq!(path(&fs, f), None);
+}
+
+fn ask(fs: &mut Fs, ino: u64, session: u64, s: LockSpec, delegate: bool) -> MetaReply {
+    fs.exec(MetaOp::SetLock {
+        ino,
+        session,
+        spec: s,
+        wait: None,
+        delegate,
+    })
+    .unwrap()
+}
+
+fn holder(fs: &Fs, ino: u64) -> Option<u64> {
+    match fs.q(MetaQuery::Delegation { ino }) {
+        Ok(MetaReply::Delegated(h)) => h,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn recalls(fs: &Fs, session: u64) -> Vec<u64> {
+    match fs.q(MetaQuery::Recalls { session }) {
+        Ok(MetaReply::Recalls(r)) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_delegation_is_recalled_by_another_session_and_its_locks_come_back() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    let (a, b) = (open(&mut fs, 60_000), open(&mut fs, 60_000));
+    let w = spec(1, LockType::Write, 0, 99);
+    assert_eq!(ask(&mut fs, f, a, w, true), MetaReply::LockDelegated);
+    assert_eq!(holder(&fs, f), Some(a));
+    assert!(recalls(&fs, a).is_empty());
+
+    // b asks: the delegation is recalled, b is told to come back; F_GETLK too.
+    assert_eq!(ask(&mut fs, f, b, w, true), MetaReply::LockRecalling);
+    assert_eq!(
+        fs.q(MetaQuery::TestLock {
+            ino: f,
+            session: b,
+            spec: w
+        }),
+        Ok(MetaReply::LockRecalling)
+    );
+    assert_eq!(recalls(&fs, a), vec![f]);
+    assert_eq!(holder(&fs, f), Some(a));
+
+    // a gives it back with the lock its owner took locally: it is a normal lock now.
+    fs.exec(MetaOp::ReturnDelegation {
+        ino: f,
+        session: a,
+        holders: vec![w],
+    })
+    .unwrap();
+    fs.check();
+    assert_eq!(holder(&fs, f), None);
+    assert!(recalls(&fs, a).is_empty());
+    assert_eq!(set(&mut fs, f, b, w, None), SetOutcome::WouldBlock);
+    // Giving it back twice changes nothing.
+    fs.exec(MetaOp::ReturnDelegation {
+        ino: f,
+        session: a,
+        holders: vec![],
+    })
+    .unwrap();
+    assert_eq!(set(&mut fs, f, b, w, None), SetOutcome::WouldBlock);
+
+    // The file cools down: with its table empty again it is still not delegated...
+    fs.exec(MetaOp::Unlock {
+        ino: f,
+        session: a,
+        kind: LockKind::Posix,
+        owner: 1,
+        range: LockRange::WHOLE,
+    })
+    .unwrap();
+    assert_eq!(
+        ask(&mut fs, f, b, w, true),
+        MetaReply::LockSet(SetOutcome::Granted)
+    );
+    fs.exec(MetaOp::Unlock {
+        ino: f,
+        session: b,
+        kind: LockKind::Posix,
+        owner: 1,
+        range: LockRange::WHOLE,
+    })
+    .unwrap();
+    // ... until the cool-down is over (the test clock ticks a second per op).
+    for _ in 0..10 {
+        fs.exec(MetaOp::RenewSession { session: b }).unwrap();
+    }
+    assert_eq!(ask(&mut fs, f, b, w, true), MetaReply::LockDelegated);
+    fs.check();
+}
+
+#[test]
+fn a_delegation_is_not_given_while_the_table_has_locks_and_goes_with_its_session() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    let a = open(&mut fs, 1_000);
+    let b = open(&mut fs, 60_000);
+    let w = spec(1, LockType::Write, 0, 99);
+    let r = spec(2, LockType::Read, 200, 299);
+    assert_eq!(
+        ask(&mut fs, f, b, r, false),
+        MetaReply::LockSet(SetOutcome::Granted)
+    );
+    assert_eq!(
+        ask(&mut fs, f, a, w, true),
+        MetaReply::LockSet(SetOutcome::Granted),
+        "b holds a lock: no delegation"
+    );
+    let g = fs.mkfile(root, "g");
+    assert_eq!(ask(&mut fs, g, a, w, true), MetaReply::LockDelegated);
+    assert_eq!(ask(&mut fs, g, b, w, false), MetaReply::LockRecalling);
+    // a's lease runs out before it gives g back: the delegation goes with the session.
+    fs.exec(MetaOp::ExpireSessions).unwrap();
+    fs.check();
+    assert_eq!(holder(&fs, g), None);
+    assert!(recalls(&fs, a).is_empty());
+    assert_eq!(
+        ask(&mut fs, g, b, w, false),
+        MetaReply::LockSet(SetOutcome::Granted)
+    );
+    // A return from the dead session changes nothing.
+    fs.exec(MetaOp::ReturnDelegation {
+        ino: g,
+        session: a,
+        holders: vec![w],
+    })
+    .unwrap();
+    assert_eq!(
+        fs.q(MetaQuery::TestLock {
+            ino: g,
+            session: a,
+            spec: w
+        })
+        .map(|r| matches!(r, MetaReply::LockConflict(Some(c)) if c.owner.session == b)),
+        Ok(true)
+    );
+}
+
+#[test]
+fn returned_locks_that_conflict_are_refused_whole() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    let a = open(&mut fs, 60_000);
+    let w = spec(1, LockType::Write, 0, 99);
+    assert_eq!(ask(&mut fs, f, a, w, true), MetaReply::LockDelegated);
+    let clash = spec(2, LockType::Write, 50, 60);
+    assert_eq!(
+        code(fs.exec(MetaOp::ReturnDelegation {
+            ino: f,
+            session: a,
+            holders: vec![w, clash],
+        })),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(holder(&fs, f), Some(a));
 }

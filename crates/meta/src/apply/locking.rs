@@ -84,7 +84,7 @@ fn sessions_in(locks: &FileLocks) -> BTreeSet<SessionId> {
         .collect()
 }
 
-fn request(session: SessionId, spec: &LockSpec) -> LockRequest {
+pub(super) fn request(session: SessionId, spec: &LockSpec) -> LockRequest {
     LockRequest {
         kind: spec.kind,
         owner: Owner::new(session, spec.owner),
@@ -101,7 +101,7 @@ impl<R: KvRead> Applier<'_, R> {
 
     /// Stores a file's lock table (or deletes it when empty) and keeps the session-file
     /// index in step with the sessions that appear in it before and after.
-    fn store_locks(
+    pub(super) fn store_locks(
         &mut self,
         ino: Ino,
         before: &BTreeSet<SessionId>,
@@ -212,6 +212,7 @@ impl<R: KvRead> Applier<'_, R> {
             }
             for (k, _) in &files {
                 let ino = keys::trailing_u64(k)?;
+                self.drop_delegation(ino, id)?;
                 let mut locks = file_locks(&self.txn, ino)?;
                 let before = sessions_in(&locks);
                 locks.release_session(id, now_ms);
@@ -230,9 +231,13 @@ impl<R: KvRead> Applier<'_, R> {
         session: SessionId,
         spec: &LockSpec,
         wait: Option<u32>,
+        delegate: bool,
     ) -> OpResult<MetaReply> {
         self.require_session(session)?;
         read::require_inode(&self.txn, ino)?;
+        if let Some(reply) = self.delegation_for_lock(ino, session, delegate)? {
+            return Ok(reply);
+        }
         let mut locks = file_locks(&self.txn, ino)?;
         let before = sessions_in(&locks);
         let mode = match wait {
@@ -300,6 +305,7 @@ impl<R: KvRead> Applier<'_, R> {
 
     /// Drops a file's locks when the file itself goes (reaped).
     pub(super) fn drop_file_locks(&mut self, ino: Ino) -> OpResult<()> {
+        self.drop_file_delegation(ino)?;
         let locks = file_locks(&self.txn, ino)?;
         if locks.is_empty() {
             return Ok(());
