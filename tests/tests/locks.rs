@@ -353,3 +353,66 @@ fn a_holder_cut_off_past_its_lease_is_fenced() {
     let text = fs::read_to_string(m2.join("f")).unwrap();
     assert_eq!(text, "first holder\nsecond holder\n");
 }
+
+#[test]
+fn a_delegated_lock_is_listed_and_recalled_by_getlk_from_another_mount() {
+    let mut pg = Playground::up(3, 3, &[]).unwrap();
+    let (m1, m2) = (pg.mnt.clone(), pg.mount().unwrap());
+    fs::write(m1.join("g"), "0123456789").unwrap();
+    // The only locker of the file: its mount gets the file's delegation.
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import fcntl,sys,time\n\
+             f=open(sys.argv[1],'r+')\n\
+             fcntl.lockf(f,fcntl.LOCK_EX,10,0)\n\
+             print('locked',flush=True)\n\
+             time.sleep(30)\n",
+        )
+        .arg(m1.join("g"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let rows = |pg: &Playground| -> Vec<serde_json::Value> {
+        let listed = pg.admin(&["lock", "list", "--output", "json"]).unwrap();
+        serde_json::from_str::<serde_json::Value>(&listed)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let listed = rows(&pg);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["state"], "delegated");
+    assert_eq!(listed[0]["path"], "/g");
+
+    // F_GETLK from the other mount needs the real table: the delegation is recalled and
+    // the holder's lock (range and pid) is reported.
+    let t = Instant::now();
+    let getlk = run_ok(
+        Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import fcntl,struct,sys\n\
+                 f=open(sys.argv[1],'r+')\n\
+                 req=struct.pack('hhqqi4x',fcntl.F_WRLCK,0,5,1,0)\n\
+                 t,w,s,l,p=struct.unpack('hhqqi4x',fcntl.fcntl(f,fcntl.F_GETLK,req))\n\
+                 print(t==fcntl.F_WRLCK,s,l,p)\n",
+            )
+            .arg(m2.join("g")),
+    );
+    eprintln!("F_GETLK across mounts (recall): {getlk:?} after {:?}", t.elapsed());
+    assert_eq!(getlk.trim(), format!("True 0 10 {}", holder.id()));
+    let listed = rows(&pg);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["state"], "held");
+    assert_eq!(listed[0]["pid"], holder.id());
+    assert_eq!(listed[0]["end"], 9);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
