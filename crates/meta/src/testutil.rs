@@ -388,6 +388,13 @@ impl State {
                 keys::COUNTER => {
                     s.counters.insert(k[1..].to_vec(), decode(k, v).unwrap());
                 }
+                keys::MEMBER => {
+                    let rec: plait_proto::NodeRecord = decode(k, v).unwrap();
+                    assert_eq!(rec.id, keys::trailing_u64(k).unwrap());
+                }
+                keys::TOKEN => {
+                    let _: crate::apply::members::TokenRec = decode(k, v).unwrap();
+                }
                 other => panic!("unknown key prefix {other}"),
             }
         }
