@@ -17,6 +17,7 @@
 
 pub mod certs;
 mod client;
+pub mod token;
 mod server;
 mod tls;
 

@@ -79,6 +79,23 @@ fn check_addr(addr: &str) -> OpResult<()> {
     Ok(())
 }
 
+/// Whether `token_id` exists, is not expired at `now` and has `secret_hash`: the same
+/// test `ConsumeJoinToken` makes, for a node to turn away bad tokens without proposing
+/// anything.
+pub fn join_token_valid(
+    r: &impl KvRead,
+    token_id: u64,
+    secret_hash: &[u8; 32],
+    now: Timestamp,
+) -> Result<bool, crate::StoreError> {
+    let key = keys::token(token_id);
+    let Some(bytes) = r.get(&key)? else {
+        return Ok(false);
+    };
+    let token: TokenRec = decode(&key, &bytes)?;
+    Ok(same_hash(&token.secret_hash, secret_hash) && token.expires > now)
+}
+
 /// Every node record, by id.
 pub(crate) fn node_records(r: &impl KvRead) -> OpResult<Vec<NodeRecord>> {
     let mut out = Vec::new();
