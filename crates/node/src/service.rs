@@ -457,7 +457,7 @@ impl Service {
                 nodes.iter().filter(|n| n.voter && n.id != node_id).collect();
             if remaining.is_empty() {
                 return Err(RpcError::new(
-                    ErrorCode::InvalidArgument,
+                    ErrorCode::NotPermitted,
                     format!("node {node_id} is the last voter of the metadata group; refusing to remove it"),
                 ));
             }
@@ -478,8 +478,9 @@ impl Service {
                 }
             }
             if up * 2 <= remaining.len() {
+                // Not `Unavailable`: clients would retry it until their timeout.
                 return Err(RpcError::new(
-                    ErrorCode::Unavailable,
+                    ErrorCode::NotPermitted,
                     format!(
                         "removing node {node_id} would leave {} voter(s) of which only {up} answer: \
                          no majority; bring voters back first",
