@@ -53,7 +53,10 @@ fn node_list(pg: &Playground) -> Vec<(u64, String, String, bool)> {
 }
 
 fn free_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn start_joiner(token: &str, addr: SocketAddr, data: &Path) -> Child {
@@ -114,16 +117,29 @@ async fn tokens_join_once_witness_holds_no_chunks_and_remove_keeps_quorum() {
         .collect();
     assert_eq!(
         roles,
-        [(1, "both".into()), (2, "both".into()), (3, "witness".into())]
+        [
+            (1, "both".into()),
+            (2, "both".into()),
+            (3, "witness".into())
+        ]
     );
 
     // Writes land on the two data nodes only.
     for i in 0..20 {
-        fs::write(pg.mnt.join(format!("f{i}")), plait_tests::content("w", i, 5000)).unwrap();
+        fs::write(
+            pg.mnt.join(format!("f{i}")),
+            plait_tests::content("w", i, 5000),
+        )
+        .unwrap();
     }
     let chunks = |k: u32| chunk_count(&pg.dir.path().join(format!("node{k}/data/chunks")));
     assert_eq!(chunks(3), 0, "the witness stores chunks");
-    assert!(chunks(1) >= 20 && chunks(2) >= 20, "{} {}", chunks(1), chunks(2));
+    assert!(
+        chunks(1) >= 20 && chunks(2) >= 20,
+        "{} {}",
+        chunks(1),
+        chunks(2)
+    );
 
     // A new node joins with a token from `node add` and serves.
     let token_text = pg.admin(&["node", "add", "--ttl-s", "60"]).unwrap();
@@ -134,7 +150,10 @@ async fn tokens_join_once_witness_holds_no_chunks_and_remove_keeps_quorum() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let list = node_list(&pg);
-        if list.iter().any(|(id, _, state, voter)| *id == 4 && state == "up" && *voter) {
+        if list
+            .iter()
+            .any(|(id, _, state, voter)| *id == 4 && state == "up" && *voter)
+        {
             break;
         }
         assert!(Instant::now() < deadline, "node 4 did not join: {list:?}");
@@ -162,7 +181,12 @@ async fn tokens_join_once_witness_holds_no_chunks_and_remove_keeps_quorum() {
     let out = pg.admin(&["node", "remove", "4"]).unwrap();
     assert!(out.contains("removed"), "{out}");
     assert!(node_list(&pg).iter().all(|(id, ..)| *id != 4));
-    assert!(plait_tests::heal_pending(&pg).unwrap().iter().all(|(n, _)| *n != 4));
+    assert!(
+        plait_tests::heal_pending(&pg)
+            .unwrap()
+            .iter()
+            .all(|(n, _)| *n != 4)
+    );
 
     // With node 2 down, removing another voter would leave no answering majority.
     pg.cmd("stop-node", &["2"]).unwrap();
@@ -173,7 +197,10 @@ async fn tokens_join_once_witness_holds_no_chunks_and_remove_keeps_quorum() {
     // A joined node restarts from the certificate it saved (its token is used up).
     pg.cmd("start-node", &["2"]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !node_list(&pg).iter().any(|(id, _, state, _)| *id == 2 && state == "up") {
+    while !node_list(&pg)
+        .iter()
+        .any(|(id, _, state, _)| *id == 2 && state == "up")
+    {
         assert!(Instant::now() < deadline, "node 2 did not come back");
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -177,7 +177,10 @@ mod tests {
         for i in 0..500 {
             let placed = place_in_zones(&chunk(i), &nodes, 3, |n| *n, zone);
             assert_eq!(placed.len(), 3);
-            let zones: BTreeSet<_> = placed.iter().map(|n| zone(n).unwrap_or("6".into())).collect();
+            let zones: BTreeSet<_> = placed
+                .iter()
+                .map(|n| zone(n).unwrap_or("6".into()))
+                .collect();
             assert_eq!(zones.len(), 3, "chunk {i}: {placed:?}");
             // Deterministic and independent of map order.
             let mut rev = nodes.clone();

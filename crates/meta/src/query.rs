@@ -58,9 +58,9 @@ fn run(r: &impl KvRead, q: &MetaQuery) -> OpResult<MetaReply> {
             spec,
         } => lock_wait(r, *ino, *session, *seq, spec),
         MetaQuery::ListLocks { after, limit } => list_locks(r, *after, *limit),
-        MetaQuery::ListNodes => Ok(MetaReply::NodeRecords(
-            crate::apply::members::node_records(r)?,
-        )),
+        MetaQuery::ListNodes => Ok(MetaReply::NodeRecords(crate::apply::members::node_records(
+            r,
+        )?)),
         MetaQuery::InodePath { ino } => Ok(MetaReply::Path(inode_path(r, *ino)?)),
         MetaQuery::ListSessions => {
             let all = r.scan(&[keys::SESSION], None, locking::SESSIONS_MAX as usize)?;

@@ -139,7 +139,9 @@ pub fn sign_csr(
     let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
         .map_err(tls_err("signing request"))?;
     csr.params = leaf_params(common_name)?;
-    let cert = csr.signed_by(&issuer).map_err(tls_err("signing certificate"))?;
+    let cert = csr
+        .signed_by(&issuer)
+        .map_err(tls_err("signing certificate"))?;
     Ok(cert.pem())
 }
 

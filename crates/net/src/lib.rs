@@ -17,9 +17,9 @@
 
 pub mod certs;
 mod client;
-pub mod token;
 mod server;
 mod tls;
+pub mod token;
 
 use std::fmt;
 use std::path::Path;

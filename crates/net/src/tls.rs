@@ -132,9 +132,9 @@ impl PinnedCaVerifier {
                 rustls::CertificateError::UnknownIssuer,
             ))?;
         let mut roots = RootCertStore::empty();
-        roots
-            .add(ca.clone().into_owned())
-            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        roots.add(ca.clone().into_owned()).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
         rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
             self.provider.clone(),

@@ -75,7 +75,9 @@ impl JoinToken {
         if text.len() > TOKEN_TEXT_MAX_BYTES {
             return Err(bad("too long"));
         }
-        let hex = text.strip_prefix(TOKEN_PREFIX).ok_or_else(|| bad("prefix"))?;
+        let hex = text
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or_else(|| bad("prefix"))?;
         if hex.len() % 2 != 0 {
             return Err(bad("odd length"));
         }
@@ -105,7 +107,13 @@ mod tests {
         let text = t.encode().unwrap();
         assert_eq!(JoinToken::decode(&format!(" {text}\n")).unwrap(), t);
         assert!(!format!("{t:?}").contains(&format!("{:?}", t.secret)));
-        for bad in ["", "plait-join-1-zz", "plait-join-1-0", "hello", &text[..text.len() - 2]] {
+        for bad in [
+            "",
+            "plait-join-1-zz",
+            "plait-join-1-0",
+            "hello",
+            &text[..text.len() - 2],
+        ] {
             assert!(JoinToken::decode(bad).is_err(), "{bad}");
         }
         let none = JoinToken::generate([7; 32], vec![]);

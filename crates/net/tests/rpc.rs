@@ -288,7 +288,9 @@ async fn client_without_certificate_is_refused() {
         csr_pem: String::new(),
         addr: "127.0.0.1:1".into(),
     };
-    anon.call(addr, &join, Duration::from_secs(5)).await.unwrap();
+    anon.call(addr, &join, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
     let big = Request::Join {
         token_id: 1,

@@ -70,7 +70,9 @@ fn write_private(path: &Path, contents: &str, mode: u32) -> Result<()> {
 pub async fn identity(cfg: &Config) -> Result<NodeIdentity> {
     if let Some((ca, cert, key)) = &cfg.tls_files {
         let tls = TlsIdentity::load(ca, cert, key).context("loading TLS identity")?;
-        let node_id = cfg.node_id.context("node_id is required with certificate files")?;
+        let node_id = cfg
+            .node_id
+            .context("node_id is required with certificate files")?;
         return Ok(NodeIdentity {
             node_id,
             tls,
@@ -207,7 +209,11 @@ pub async fn add_self(service: Arc<Service>, data_dir: PathBuf, addrs: Vec<Strin
 
 /// Makes sure the replicated state has a record of this statically configured node
 /// (bootstrap, `cluster init`), with the configured role and zone if it has none yet.
-pub async fn register_self(service: Arc<Service>, role: plait_proto::NodeRole, zone: Option<String>) {
+pub async fn register_self(
+    service: Arc<Service>,
+    role: plait_proto::NodeRole,
+    zone: Option<String>,
+) {
     let rec = NodeRecord {
         id: service.node_id,
         addr: service.addr.clone(),
@@ -216,9 +222,7 @@ pub async fn register_self(service: Arc<Service>, role: plait_proto::NodeRole, z
     };
     loop {
         if let Ok(MetaReply::NodeRecords(nodes)) = service.query_local(MetaQuery::ListNodes)
-            && nodes
-                .iter()
-                .any(|n| n.id == rec.id && n.addr == rec.addr)
+            && nodes.iter().any(|n| n.id == rec.id && n.addr == rec.addr)
         {
             return;
         }

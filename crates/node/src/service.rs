@@ -337,9 +337,7 @@ impl Service {
     async fn ensure_leader(&self) -> Result<(), RpcError> {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(not_leader(&f))
-            }
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(&f)),
             Err(other) => Err(RpcError::new(ErrorCode::Unavailable, other.to_string())),
         }
     }
@@ -378,8 +376,19 @@ impl Service {
     /// Serves a join request (from a peer without a certificate): checks the token
     /// locally, has the metadata group consume it (which gives the joiner its id and
     /// record), and signs the joiner's CSR. Every failure is the same refusal.
-    async fn join(&self, token_id: u64, secret: [u8; 32], csr_pem: String, addr: String) -> Response {
-        let refused = || error(RpcError::new(ErrorCode::AccessDenied, plait_meta::JOIN_REFUSED));
+    async fn join(
+        &self,
+        token_id: u64,
+        secret: [u8; 32],
+        csr_pem: String,
+        addr: String,
+    ) -> Response {
+        let refused = || {
+            error(RpcError::new(
+                ErrorCode::AccessDenied,
+                plait_meta::JOIN_REFUSED,
+            ))
+        };
         let Some(ca_key) = &self.ca_key else {
             tracing::info!("join refused: this node holds no CA key");
             return refused();
@@ -389,11 +398,9 @@ impl Service {
             return refused();
         };
         let secret_hash = *blake3::hash(&secret).as_bytes();
-        let valid = self
-            .db
-            .view()
-            .ok()
-            .and_then(|view| plait_meta::join_token_valid(&view, token_id, &secret_hash, now()).ok());
+        let valid = self.db.view().ok().and_then(|view| {
+            plait_meta::join_token_valid(&view, token_id, &secret_hash, now()).ok()
+        });
         if valid != Some(true) {
             tracing::info!(token_id, "join refused: no such live token");
             return refused();
@@ -424,7 +431,8 @@ impl Service {
                 return refused();
             }
         };
-        match plait_net::certs::sign_csr(&self.ca_pem, ca_key, &csr_pem, &format!("node{}", rec.id)) {
+        match plait_net::certs::sign_csr(&self.ca_pem, ca_key, &csr_pem, &format!("node{}", rec.id))
+        {
             Ok(cert_pem) => {
                 tracing::info!(node_id = rec.id, role = rec.role.name(), addr = %rec.addr, "node joined");
                 Response::Joined {
@@ -453,12 +461,16 @@ impl Service {
             ));
         };
         if node.voter {
-            let remaining: Vec<&NodeInfo> =
-                nodes.iter().filter(|n| n.voter && n.id != node_id).collect();
+            let remaining: Vec<&NodeInfo> = nodes
+                .iter()
+                .filter(|n| n.voter && n.id != node_id)
+                .collect();
             if remaining.is_empty() {
                 return Err(RpcError::new(
                     ErrorCode::NotPermitted,
-                    format!("node {node_id} is the last voter of the metadata group; refusing to remove it"),
+                    format!(
+                        "node {node_id} is the last voter of the metadata group; refusing to remove it"
+                    ),
                 ));
             }
             let mut up = 0usize;
@@ -504,12 +516,10 @@ impl Service {
                 .await
                 .map_err(write_error)?;
         }
-        loop {
-            match self.propose(MetaOp::ForgetNode { node: node_id }).await? {
-                MetaReply::NodeForgotten { more: true } => continue,
-                _ => break,
-            }
-        }
+        // Each pass drops a bounded batch of the node's heal entries.
+        while let MetaReply::NodeForgotten { more: true } =
+            self.propose(MetaOp::ForgetNode { node: node_id }).await?
+        {}
         Ok(self.nodes())
     }
 

@@ -291,7 +291,10 @@ mod tests {
         let expired = consume(&mut fs, 2, b"short").unwrap_err();
         assert_eq!(wrong, expired);
         assert!(nodes(&fs).is_empty());
-        assert!(matches!(consume(&mut fs, 1, b"right"), Ok(MetaReply::Joined(_))));
+        assert!(matches!(
+            consume(&mut fs, 1, b"right"),
+            Ok(MetaReply::Joined(_))
+        ));
     }
 
     #[test]
@@ -337,7 +340,10 @@ mod tests {
             code(fs.exec(op(u64::MAX, None))),
             ErrorCode::InvalidArgument
         );
-        assert_eq!(code(fs.exec(op(10, Some("a b")))), ErrorCode::InvalidArgument);
+        assert_eq!(
+            code(fs.exec(op(10, Some("a b")))),
+            ErrorCode::InvalidArgument
+        );
         assert_eq!(fs.exec(op(10, Some("rack-1"))), Ok(MetaReply::Empty));
         assert_eq!(code(fs.exec(op(10, None))), ErrorCode::Exists);
     }
