@@ -406,7 +406,10 @@ fn a_delegated_lock_is_listed_and_recalled_by_getlk_from_another_mount() {
             )
             .arg(m2.join("g")),
     );
-    eprintln!("F_GETLK across mounts (recall): {getlk:?} after {:?}", t.elapsed());
+    eprintln!(
+        "F_GETLK across mounts (recall): {getlk:?} after {:?}",
+        t.elapsed()
+    );
     assert_eq!(getlk.trim(), format!("True 0 10 {}", holder.id()));
     let listed = rows(&pg);
     assert_eq!(listed.len(), 1, "{listed:?}");

@@ -61,7 +61,9 @@ pub fn issue_node_cert(dir: &Path, ca: &(String, String), node_id: u64) -> Resul
     Ok(())
 }
 
-/// The TOML configuration of a node whose certificates are in `tls_dir`.
+/// The TOML configuration of a node whose certificates are in `tls_dir`. The node gets
+/// the CA key (`tls_dir/ca.key`) too, so that it can sign the certificates of nodes that
+/// join through it.
 pub fn node_config(
     node_id: u64,
     listen: SocketAddr,
@@ -70,12 +72,32 @@ pub fn node_config(
     bootstrap: bool,
 ) -> String {
     format!(
-        "node_id = {node_id}\nlisten = \"{listen}\"\ndata_dir = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nbootstrap = {bootstrap}\n",
+        "node_id = {node_id}\nlisten = \"{listen}\"\ndata_dir = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nca_key = \"{}\"\nbootstrap = {bootstrap}\n",
         data_dir.display(),
         tls_dir.join("ca.pem").display(),
         tls_dir.join(format!("node{node_id}.pem")).display(),
         tls_dir.join(format!("node{node_id}.key")).display(),
+        tls_dir.join("ca.key").display(),
     )
+}
+
+/// The TOML configuration of a node that joins with `token` (used on its first start
+/// only; later it uses the certificate the join saved in its data directory). With
+/// `ca_key`, it can sign joiners' certificates too.
+pub fn joining_node_config(
+    listen: SocketAddr,
+    data_dir: &Path,
+    token: &str,
+    ca_key: Option<&Path>,
+) -> String {
+    let mut s = format!(
+        "listen = \"{listen}\"\ndata_dir = \"{}\"\njoin = \"{token}\"\n",
+        data_dir.display()
+    );
+    if let Some(k) = ca_key {
+        s.push_str(&format!("ca_key = \"{}\"\n", k.display()));
+    }
+    s
 }
 
 /// Runs `plait cluster init`.

@@ -49,6 +49,9 @@ pub enum PlaygroundCmd {
         /// be told apart from (and dropped independently of) all other loopback traffic.
         #[arg(long)]
         distinct_ips: bool,
+        /// Make the last K of the nodes witnesses (metadata voters that store no chunks).
+        #[arg(long, default_value_t = 0)]
+        witness: u32,
     },
     /// Add another mount of the volume.
     Mount {
@@ -266,19 +269,34 @@ async fn wait_ready_with(conn: &ConnArgs) -> Result<()> {
     bail!("cluster not ready after {NODE_READY_MS} ms: {last_err}")
 }
 
-async fn up(
-    dir: &Path,
+/// Options of `playground up`.
+struct UpArgs<'a> {
     nodes: u32,
     replicas: u32,
-    mountpoint: Option<(&Path, u64)>,
-    extra: &[String],
+    witness: u32,
+    mountpoint: Option<(&'a Path, u64)>,
+    extra: &'a [String],
     distinct_ips: bool,
-) -> Result<()> {
+}
+
+async fn up(dir: &Path, args: UpArgs<'_>) -> Result<()> {
+    let UpArgs {
+        nodes,
+        replicas,
+        witness,
+        mountpoint,
+        extra,
+        distinct_ips,
+    } = args;
     if !(1..=NODES_MAX).contains(&nodes) {
         bail!("--nodes must be between 1 and {NODES_MAX}");
     }
-    if replicas == 0 || replicas > nodes {
-        bail!("--replicas must be between 1 and --nodes ({nodes})");
+    if witness >= nodes {
+        bail!("--witness must leave at least one data node (--nodes {nodes})");
+    }
+    let data_nodes = nodes - witness;
+    if replicas == 0 || replicas > data_nodes {
+        bail!("--replicas must be between 1 and the data nodes ({data_nodes})");
     }
     if state_path(dir).exists() {
         let state = load(dir)?;
@@ -302,14 +320,12 @@ async fn up(
     let tls = tls_dir(dir);
     let ca = cluster::create_ca(&tls, "plait-playground")?;
     let mut state = State::default();
+    // Node 1 is configured statically and bootstraps the metadata group; every other
+    // node joins through the real token path (`plaitd --join`), as on a real cluster.
+    cluster::issue_node_cert(&tls, &ca, 1)?;
     for id in 1..=u64::from(nodes) {
-        cluster::issue_node_cert(&tls, &ca, id)?;
-        let ndir = node_dir(dir, id);
-        std::fs::create_dir_all(&ndir)?;
+        std::fs::create_dir_all(node_dir(dir, id))?;
         let addr = free_port(node_ip(id, distinct_ips)?)?;
-        // Only node 1 bootstraps the metadata group; the others join it as voters.
-        let config = cluster::node_config(id, addr, &ndir.join("data"), &tls, id == 1);
-        cluster::write_file(&ndir.join("plaitd.toml"), &config, false)?;
         state.nodes.push(NodeEntry {
             id,
             addr,
@@ -317,22 +333,39 @@ async fn up(
             extra_args: extra.to_vec(),
         });
     }
+    let first_dir = node_dir(dir, 1);
+    let config = cluster::node_config(1, state.nodes[0].addr, &first_dir.join("data"), &tls, true);
+    cluster::write_file(&first_dir.join("plaitd.toml"), &config, false)?;
     start_node(dir, &mut state.nodes[0])?;
     save(dir, &state)?;
     let mut first = conn(dir, &state);
     first.nodes.truncate(1);
     wait_ready_with(&first).await?;
+    let ca_key = tls.join("ca.key");
     for i in 1..state.nodes.len() {
+        let id = state.nodes[i].id;
+        let role = if id > u64::from(data_nodes) {
+            plait_proto::NodeRole::Witness
+        } else {
+            plait_proto::NodeRole::Both
+        };
+        let mut known = conn(dir, &state);
+        known.nodes.truncate(i);
+        let client = known.connect().await?;
+        let token = crate::nodes::create_token(&client, &tls, role, None, NODE_READY_MS)
+            .await
+            .with_context(|| format!("creating a join token for node {id}"))?;
+        let ndir = node_dir(dir, id);
+        let config = cluster::joining_node_config(
+            state.nodes[i].addr,
+            &ndir.join("data"),
+            &token,
+            Some(&ca_key),
+        );
+        cluster::write_file(&ndir.join("plaitd.toml"), &config, false)?;
         start_node(dir, &mut state.nodes[i])?;
         save(dir, &state)?;
-    }
-    let client = first.connect().await?;
-    for node in state.nodes.iter().skip(1) {
-        let members = client
-            .add_voter(node.id, node.addr)
-            .await
-            .with_context(|| format!("adding node {} as a voter", node.id))?;
-        tracing::debug!(?members, "voter added");
+        wait_member(&client, id, state.nodes[i].addr, role.votes()).await?;
     }
     let client = conn(dir, &state).connect().await?;
     crate::admin::create_volume(&client, "default", replicas, None).await?;
@@ -359,6 +392,37 @@ async fn up(
         tls.display()
     );
     Ok(())
+}
+
+/// Waits until node `id` at `addr` is a member of the metadata group (a voter if
+/// `voter`): it joined with its token and the leader added it.
+async fn wait_member(
+    client: &plait_client::ClusterClient,
+    id: u64,
+    addr: SocketAddr,
+    voter: bool,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(NODE_READY_MS);
+    let addr = addr.to_string();
+    let mut last = String::from("not in the cluster map yet");
+    while Instant::now() < deadline {
+        match client.node_infos().await {
+            Ok(nodes) => {
+                if let Some(n) = nodes.iter().find(|n| n.addr == addr) {
+                    if n.id != id {
+                        bail!("node at {addr} joined as node {} instead of {id}", n.id);
+                    }
+                    if n.member && (n.voter || !voter) {
+                        return Ok(());
+                    }
+                    last = format!("member: {}, voter: {}", n.member, n.voter);
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("node {id} did not join within {NODE_READY_MS} ms: {last}")
 }
 
 /// Mounts volume `default` at `mnt` with a lock lease of `lease_ms`, through the nodes
@@ -527,9 +591,18 @@ pub async fn run(cmd: PlaygroundCmd) -> Result<()> {
             node_arg,
             lease_ms,
             distinct_ips,
+            witness,
         } => {
-            let mount = mount.as_deref().map(|m| (m, lease_ms));
-            up(&dir, nodes, replicas, mount, &node_arg, distinct_ips).await
+            let mountpoint = mount.as_deref().map(|m| (m, lease_ms));
+            let args = UpArgs {
+                nodes,
+                replicas,
+                witness,
+                mountpoint,
+                extra: &node_arg,
+                distinct_ips,
+            };
+            up(&dir, args).await
         }
         PlaygroundCmd::Mount {
             dir,

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use plait_net::{NetError, RpcClient, TlsIdentity};
 use plait_proto::{
-    ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, MissingCopy, NodeId, NodeStatus, Request,
-    Response, RpcError, StateDigest,
+    ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, MissingCopy, NodeId, NodeInfo, NodeStatus,
+    Request, Response, RpcError, StateDigest,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -105,10 +105,21 @@ impl Replication {
     };
 }
 
-/// The cluster map as last fetched: voters with their addresses.
+/// One data node of the cluster map: where chunks may be placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapNode {
+    /// Node id.
+    pub id: NodeId,
+    /// QUIC address.
+    pub addr: SocketAddr,
+    /// Failure zone (`None`: a zone of its own).
+    pub zone: Option<String>,
+}
+
+/// The cluster map as last fetched: data nodes with their addresses and zones.
 #[derive(Debug, Default)]
 struct MapCache {
-    members: Vec<(NodeId, SocketAddr)>,
+    members: Vec<MapNode>,
     /// When `members` was fetched (None: never).
     fetched: Option<Instant>,
     /// Set by a failure: refresh at the next chunk operation (rate-limited).
@@ -361,36 +372,27 @@ impl ClusterClient {
         }
     }
 
-    /// The cluster map: voters and their addresses, from whichever node answers first
-    /// (all known nodes are asked at once, one attempt each).
-    pub async fn members(&self) -> Result<Vec<(NodeId, SocketAddr)>, RpcError> {
+    /// The cluster map: every node with its role and zone, from whichever node answers
+    /// first (all known nodes are asked at once, one attempt each).
+    pub async fn node_infos(&self) -> Result<Vec<NodeInfo>, RpcError> {
         let mut targets: Vec<SocketAddr> = self.nodes.clone();
-        for (_, addr) in self.cached_members() {
-            if !targets.contains(&addr) {
-                targets.push(addr);
+        for n in self.cached_members() {
+            if !targets.contains(&n.addr) {
+                targets.push(n.addr);
             }
         }
         let mut set = JoinSet::new();
         for addr in targets {
             let transport = self.transport.clone();
             let timeout = self.rpc_timeout;
-            set.spawn(
-                async move { (addr, transport.call(addr, &Request::Members, timeout).await) },
-            );
+            set.spawn(async move { (addr, transport.call(addr, &Request::Nodes, timeout).await) });
         }
         let mut last_error = String::from("no node answered");
         while let Some(joined) = set.join_next().await {
             match joined {
-                Ok((_, Ok(Response::Members(m)))) if !m.is_empty() => {
-                    let mut members = Vec::with_capacity(m.len());
-                    for (id, addr) in m {
-                        match addr.parse::<SocketAddr>() {
-                            Ok(a) => members.push((id, a)),
-                            Err(_) => warn!(node = id, %addr, "member with unparsable address"),
-                        }
-                    }
+                Ok((_, Ok(Response::Nodes(m)))) if m.iter().any(|n| n.member) => {
                     set.abort_all();
-                    return Ok(members);
+                    return Ok(m);
                 }
                 Ok((addr, Ok(Response::Error(e)))) => last_error = format!("{addr}: {e}"),
                 Ok((addr, Ok(other))) => last_error = format!("{addr}: {}", kind(&other)),
@@ -404,7 +406,48 @@ impl ClusterClient {
         ))
     }
 
-    fn cached_members(&self) -> Vec<(NodeId, SocketAddr)> {
+    /// The data nodes of the cluster map (members whose role stores chunks) with their
+    /// addresses and zones.
+    pub async fn data_nodes(&self) -> Result<Vec<MapNode>, RpcError> {
+        let mut out = Vec::new();
+        for n in self.node_infos().await? {
+            if !(n.member && n.role.stores_data()) {
+                continue;
+            }
+            match n.addr.parse::<SocketAddr>() {
+                Ok(addr) => out.push(MapNode {
+                    id: n.id,
+                    addr,
+                    zone: n.zone,
+                }),
+                Err(_) => warn!(node = n.id, addr = %n.addr, "member with unparsable address"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The data nodes and their addresses (see [`ClusterClient::data_nodes`]).
+    pub async fn members(&self) -> Result<Vec<(NodeId, SocketAddr)>, RpcError> {
+        Ok(self
+            .data_nodes()
+            .await?
+            .into_iter()
+            .map(|n| (n.id, n.addr))
+            .collect())
+    }
+
+    /// Removes node `node_id` from the cluster (leader only; see `Request::RemoveNode`).
+    pub async fn remove_node(&self, node_id: NodeId) -> Result<Vec<NodeInfo>, RpcError> {
+        match self
+            .call_leader(&Request::RemoveNode { node_id }, Retry::Always)
+            .await?
+        {
+            Response::Nodes(n) => Ok(n),
+            other => Err(unexpected("RemoveNode", &other)),
+        }
+    }
+
+    fn cached_members(&self) -> Vec<MapNode> {
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -421,7 +464,7 @@ impl ClusterClient {
     /// [`MAP_MAX_AGE_MS`] or after a failure (at most every
     /// [`MAP_REFRESH_MIN_INTERVAL_MS`]). A failed refresh keeps the old map; with no map
     /// at all the error is returned.
-    async fn cluster_map(&self) -> Result<Vec<(NodeId, SocketAddr)>, RpcError> {
+    async fn cluster_map(&self) -> Result<Vec<MapNode>, RpcError> {
         let now = Instant::now();
         {
             let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -435,7 +478,7 @@ impl ClusterClient {
                 return Ok(map.members.clone());
             }
         }
-        let result = self.members().await;
+        let result = self.data_nodes().await;
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.last_attempt = Some(Instant::now());
         match result {
@@ -477,7 +520,11 @@ impl ClusterClient {
         let map = self.cluster_map().await?;
         let replicas = usize::try_from(repl.replicas.max(1)).unwrap_or(1);
         let quorum = usize::try_from(repl.write_quorum.clamp(1, repl.replicas.max(1))).unwrap_or(1);
-        let targets = crate::placement::place(&id, &map, replicas, |(n, _)| *n);
+        let targets: Vec<(NodeId, SocketAddr)> =
+            crate::placement::place_in_zones(&id, &map, replicas, |n| n.id, |n| n.zone.clone())
+                .into_iter()
+                .map(|n| (n.id, n.addr))
+                .collect();
         if targets.len() < quorum {
             self.map_failed();
             return Err(RpcError::new(
@@ -637,10 +684,11 @@ impl ClusterClient {
                 return self.read_order();
             }
         };
-        let mut order: Vec<SocketAddr> = crate::placement::rank(id, &map, |(n, _)| *n)
-            .into_iter()
-            .map(|(_, a)| a)
-            .collect();
+        let mut order: Vec<SocketAddr> =
+            crate::placement::place_in_zones(id, &map, map.len(), |n| n.id, |n| n.zone.clone())
+                .into_iter()
+                .map(|n| n.addr)
+                .collect();
         for addr in self.read_order() {
             if !order.contains(&addr) {
                 order.push(addr);
@@ -1011,6 +1059,7 @@ fn kind(r: &Response) -> &'static str {
         Response::Chunk(_) => "Chunk",
         Response::NodeStatus(_) => "NodeStatus",
         Response::Members(_) => "Members",
+        Response::Nodes(_) => "Nodes",
         Response::Error(_) => "Error",
         _ => "another response",
     }

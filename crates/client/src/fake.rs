@@ -134,6 +134,14 @@ impl FakeState {
             Request::Query(q) => self.query(q).map(Response::Meta),
             Request::ChunkPut { id, data } => self.put(*id, data),
             Request::Members => Ok(Response::Members(vec![(1, node_addr().to_string())])),
+            Request::Nodes => Ok(Response::Nodes(vec![plait_proto::NodeInfo {
+                id: 1,
+                addr: node_addr().to_string(),
+                role: plait_proto::NodeRole::Both,
+                zone: None,
+                voter: true,
+                member: true,
+            }])),
             Request::ChunkGet { id } => {
                 self.chunk_gets += 1;
                 self.chunks

@@ -18,7 +18,7 @@ pub mod placement;
 pub mod session;
 
 pub use cluster::{
-    ClientConfig, ClusterClient, OP_TIMEOUT_DEFAULT_MS, RPC_TIMEOUT_DEFAULT_MS, Replication,
-    StoredChunk,
+    ClientConfig, ClusterClient, MapNode, OP_TIMEOUT_DEFAULT_MS, RPC_TIMEOUT_DEFAULT_MS,
+    Replication, StoredChunk,
 };
 pub use error::ClientError;

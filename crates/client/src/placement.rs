@@ -9,6 +9,12 @@
 //!
 //! Ordering *all* nodes by score gives the read order too: the placed replicas first, then
 //! the nodes that would take over if a placed one left.
+//!
+//! **Zones.** [`place_in_zones`] walks the same ranking but first takes only nodes of zones
+//! not used yet, then fills the remaining slots in rank order; so the `R` copies land in
+//! `R` distinct zones when there are that many, and placement is still a pure function of
+//! the map. A node without a zone counts as a zone of its own. Only data nodes belong in
+//! the map: witnesses store no chunks.
 
 use plait_proto::{ChunkId, NodeId};
 
@@ -47,6 +53,53 @@ where
     let mut ranked = rank(chunk, nodes, id);
     ranked.truncate(replicas);
     ranked
+}
+
+/// The `replicas` nodes (fewer if the map is smaller) that hold `chunk`, in distinct zones
+/// where there are enough: rank order, preferring nodes of zones not used yet. `zone`
+/// gives a node's zone (`None`: a zone of its own).
+pub fn place_in_zones<T, F, Z>(
+    chunk: &ChunkId,
+    nodes: &[T],
+    replicas: usize,
+    id: F,
+    zone: Z,
+) -> Vec<T>
+where
+    T: Clone,
+    F: Fn(&T) -> NodeId,
+    Z: Fn(&T) -> Option<String>,
+{
+    let ranked = rank(chunk, nodes, &id);
+    let mut taken = vec![false; ranked.len()];
+    let mut zones: Vec<String> = Vec::new();
+    let mut out = Vec::with_capacity(replicas.min(ranked.len()));
+    for (i, n) in ranked.iter().enumerate() {
+        if out.len() == replicas {
+            break;
+        }
+        match zone(n) {
+            Some(z) if zones.contains(&z) => {}
+            Some(z) => {
+                zones.push(z);
+                taken[i] = true;
+                out.push(n.clone());
+            }
+            None => {
+                taken[i] = true;
+                out.push(n.clone());
+            }
+        }
+    }
+    for (i, n) in ranked.iter().enumerate() {
+        if out.len() == replicas {
+            break;
+        }
+        if !taken[i] {
+            out.push(n.clone());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -109,6 +162,46 @@ mod tests {
         for n in &nodes {
             let l = load.get(n).copied().unwrap_or(0);
             assert!((5_700..=6_300).contains(&l), "node {n} holds {l} chunks");
+        }
+    }
+
+    #[test]
+    fn zones_are_distinct_when_there_are_enough() {
+        // Nodes 1-3 in zone a, 4-5 in zone b, 6 without a zone.
+        let zone = |n: &NodeId| match n {
+            1..=3 => Some("a".to_string()),
+            4 | 5 => Some("b".to_string()),
+            _ => None,
+        };
+        let nodes = ids(6);
+        for i in 0..500 {
+            let placed = place_in_zones(&chunk(i), &nodes, 3, |n| *n, zone);
+            assert_eq!(placed.len(), 3);
+            let zones: BTreeSet<_> = placed
+                .iter()
+                .map(|n| zone(n).unwrap_or("6".into()))
+                .collect();
+            assert_eq!(zones.len(), 3, "chunk {i}: {placed:?}");
+            // Deterministic and independent of map order.
+            let mut rev = nodes.clone();
+            rev.reverse();
+            assert_eq!(placed, place_in_zones(&chunk(i), &rev, 3, |n| *n, zone));
+        }
+        // Fewer zones than replicas: all zones used, the rest filled in rank order.
+        let two_zones = |n: &NodeId| Some(if *n <= 3 { "a" } else { "b" }.to_string());
+        for i in 0..100 {
+            let placed = place_in_zones(&chunk(i), &nodes, 4, |n| *n, two_zones);
+            assert_eq!(placed.len(), 4);
+            assert_eq!(placed.iter().collect::<BTreeSet<_>>().len(), 4);
+            let zones: BTreeSet<_> = placed.iter().map(two_zones).collect();
+            assert_eq!(zones.len(), 2);
+        }
+        // Without zones it is plain rendezvous placement.
+        for i in 0..100 {
+            assert_eq!(
+                place_in_zones(&chunk(i), &nodes, 3, |n| *n, |_| None),
+                place(&chunk(i), &nodes, 3, |n| *n)
+            );
         }
     }
 

@@ -138,6 +138,21 @@ impl<R: KvRead> Applier<'_, R> {
             MetaOp::CancelLockWait { ino, session, seq } => {
                 self.cancel_lock_wait(*ino, *session, *seq)
             }
+            MetaOp::CreateJoinToken {
+                token_id,
+                secret_hash,
+                role,
+                zone,
+                ttl_ms,
+            } => self.create_join_token(*token_id, secret_hash, *role, zone, *ttl_ms),
+            MetaOp::ConsumeJoinToken {
+                token_id,
+                secret_hash,
+                addr,
+                min_node_id,
+            } => self.consume_join_token(*token_id, secret_hash, addr, *min_node_id),
+            MetaOp::RegisterNode { node } => self.register_node(node),
+            MetaOp::ForgetNode { node } => self.forget_node(*node),
         }
     }
 
@@ -1002,6 +1017,8 @@ fn no_attr(name: &[u8]) -> Fail {
 }
 
 pub(crate) mod delegation;
+pub(crate) mod members;
+
 #[cfg(test)]
 mod lock_tests;
 pub(crate) mod locking;

@@ -36,6 +36,14 @@ pub(crate) const DELEGATION: u8 = b'Q';
 /// Recalled delegations of a session (`W` + session + ino), what its mount must give back.
 pub(crate) const RECALL: u8 = b'W';
 
+/// Node record (role, zone, address): `M` + node id.
+pub(crate) const MEMBER: u8 = b'M';
+/// Join token (hash of its secret, role, zone, expiry): `T` + token id.
+pub(crate) const TOKEN: u8 = b'T';
+
+/// Counter holding the next node id a join hands out.
+pub(crate) const NEXT_NODE: &[u8] = b"next_node";
+
 /// Counter holding the next session id to hand out.
 pub(crate) const NEXT_SESSION: &[u8] = b"next_session";
 
@@ -115,6 +123,16 @@ pub(crate) fn chunk_ref(chunk: &ChunkId) -> Vec<u8> {
 /// Key of a file's lock table.
 pub(crate) fn locks(ino: Ino) -> Vec<u8> {
     with_ino(LOCKS, ino, 0)
+}
+
+/// Key of a node record.
+pub(crate) fn member(id: u64) -> Vec<u8> {
+    with_ino(MEMBER, id, 0)
+}
+
+/// Key of a join token.
+pub(crate) fn token(id: u64) -> Vec<u8> {
+    with_ino(TOKEN, id, 0)
 }
 
 /// Key of a session record.

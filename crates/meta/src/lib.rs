@@ -37,6 +37,7 @@ mod validate;
 #[cfg(test)]
 mod testutil;
 
+pub use apply::members::{JOIN_REFUSED, join_token_valid};
 pub use mem::MemKv;
 
 use plait_proto::{ChunkId, HealEntry, MetaOp, MetaQuery, MetaReply, NodeId, RpcError, Timestamp};

@@ -65,6 +65,9 @@ fn run(r: &impl KvRead, q: &MetaQuery) -> OpResult<MetaReply> {
         MetaQuery::Delegation { ino } => Ok(MetaReply::Delegated(delegation::holder(r, *ino)?)),
         MetaQuery::Recalls { session } => Ok(MetaReply::Recalls(delegation::recalls(r, *session)?)),
         MetaQuery::ListDelegations { after, limit } => delegation::list(r, *after, *limit),
+        MetaQuery::ListNodes => Ok(MetaReply::NodeRecords(crate::apply::members::node_records(
+            r,
+        )?)),
         MetaQuery::InodePath { ino } => Ok(MetaReply::Path(inode_path(r, *ino)?)),
         MetaQuery::ListSessions => {
             let all = r.scan(&[keys::SESSION], None, locking::SESSIONS_MAX as usize)?;

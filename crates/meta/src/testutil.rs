@@ -389,7 +389,8 @@ impl State {
                 }
                 keys::RECALL => {
                     assert!(v.is_empty());
-                    s.recalls.insert((ino_of(k), keys::trailing_u64(k).unwrap()));
+                    s.recalls
+                        .insert((ino_of(k), keys::trailing_u64(k).unwrap()));
                 }
                 keys::HEAL => {
                     let _: crate::records::HealRec = decode(k, v).unwrap();
@@ -397,6 +398,13 @@ impl State {
                 }
                 keys::COUNTER => {
                     s.counters.insert(k[1..].to_vec(), decode(k, v).unwrap());
+                }
+                keys::MEMBER => {
+                    let rec: plait_proto::NodeRecord = decode(k, v).unwrap();
+                    assert_eq!(rec.id, keys::trailing_u64(k).unwrap());
+                }
+                keys::TOKEN => {
+                    let _: crate::apply::members::TokenRec = decode(k, v).unwrap();
                 }
                 other => panic!("unknown key prefix {other}"),
             }
@@ -532,7 +540,10 @@ fn check_locks(s: &State) {
             ..
         } = rec
         {
-            assert!(s.inodes.contains_key(ino), "delegation of missing inode {ino}");
+            assert!(
+                s.inodes.contains_key(ino),
+                "delegation of missing inode {ino}"
+            );
             assert!(
                 s.sessions.contains(session),
                 "delegation to closed session {session}"

@@ -57,13 +57,23 @@ pub fn issue(
     ca_key_pem: &str,
     common_name: &str,
 ) -> Result<(String, String), NetError> {
-    if common_name.is_empty() {
-        return Err(NetError::Tls("certificate name must not be empty".into()));
-    }
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(tls_err("CA key"))?;
     let issuer =
         Issuer::from_ca_cert_pem(ca_cert_pem, ca_key).map_err(tls_err("CA certificate"))?;
+    let params = leaf_params(common_name)?;
+    let key = KeyPair::generate().map_err(tls_err("generating key"))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(tls_err("signing certificate"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
 
+/// Parameters of an end-entity certificate for `common_name`: SANs [`SERVER_NAME`] and
+/// `common_name`, server and client authentication, valid about 10 years.
+fn leaf_params(common_name: &str) -> Result<CertificateParams, NetError> {
+    if common_name.is_empty() {
+        return Err(NetError::Tls("certificate name must not be empty".into()));
+    }
     let mut sans = vec![SERVER_NAME.to_string()];
     if common_name != SERVER_NAME {
         sans.push(common_name.to_string());
@@ -83,11 +93,56 @@ pub fn issue(
     params.use_authority_key_identifier_extension = true;
     set_validity(&mut params, CERT_VALIDITY_DAYS)?;
 
+    Ok(params)
+}
+
+/// The fingerprint of the (first) certificate in `ca_pem`: blake3 of its DER bytes. Join
+/// tokens carry it so that a joiner, who has no CA certificate yet, can tell the real
+/// cluster from an impostor before it sends its token.
+pub fn ca_fingerprint(ca_pem: &str) -> Result<[u8; 32], NetError> {
+    let certs = crate::tls::parse_certs(ca_pem, "CA certificate")?;
+    let first = certs
+        .first()
+        .ok_or_else(|| NetError::Tls("no CA certificate".into()))?;
+    Ok(*blake3::hash(first.as_ref()).as_bytes())
+}
+
+/// A new key and a certificate signing request for it: `(csr_pem, key_pem)`. The key
+/// never leaves the joiner; the cluster signs the request.
+pub fn new_csr(common_name: &str) -> Result<(String, String), NetError> {
     let key = KeyPair::generate().map_err(tls_err("generating key"))?;
-    let cert = params
-        .signed_by(&key, &issuer)
+    // Only the key matters: the signer decides every other field.
+    let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()])
+        .map_err(tls_err("signing request name"))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    let csr = params
+        .serialize_request(&key)
+        .map_err(tls_err("creating signing request"))?;
+    let pem = csr.pem().map_err(tls_err("encoding signing request"))?;
+    Ok((pem, key.serialize_pem()))
+}
+
+/// Signs the public key of the signing request `csr_pem` with the CA, for `common_name`.
+/// Everything else the request asks for (names, usages) is ignored: the certificate is
+/// exactly what [`issue`] would make.
+pub fn sign_csr(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    csr_pem: &str,
+    common_name: &str,
+) -> Result<String, NetError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(tls_err("CA key"))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(ca_cert_pem, ca_key).map_err(tls_err("CA certificate"))?;
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(tls_err("signing request"))?;
+    csr.params = leaf_params(common_name)?;
+    let cert = csr
+        .signed_by(&issuer)
         .map_err(tls_err("signing certificate"))?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok(cert.pem())
 }
 
 /// Sets the validity: from yesterday (midnight UTC, for clock skew) for `days` days.
@@ -142,5 +197,18 @@ mod tests {
         let (cert, key) = issue(&ca, &ca_key, "node-1").unwrap();
         assert!(cert.contains("BEGIN CERTIFICATE"));
         assert!(key.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_signed_request_makes_a_certificate_of_the_cluster() {
+        let (ca, ca_key) = new_ca("t").unwrap();
+        let (csr, key) = new_csr("joiner").unwrap();
+        let cert = sign_csr(&ca, &ca_key, &csr, "node7").unwrap();
+        assert!(cert.contains("BEGIN CERTIFICATE"));
+        assert!(key.contains("PRIVATE KEY"));
+        assert!(sign_csr(&ca, &ca_key, "garbage", "node7").is_err());
+        let fp = ca_fingerprint(&ca).unwrap();
+        let (other, _) = new_ca("t").unwrap();
+        assert_ne!(fp, ca_fingerprint(&other).unwrap());
     }
 }

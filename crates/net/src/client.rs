@@ -66,8 +66,29 @@ impl RpcClient {
         Self::with_endpoint(identity, endpoint)
     }
 
-    fn with_endpoint(identity: &TlsIdentity, mut endpoint: Endpoint) -> Result<Self, NetError> {
-        let crypto = tls::client_crypto(identity)?;
+    /// A client for a joiner: it presents no certificate (so nodes serve it nothing but
+    /// `Request::Join`) and talks only to servers whose chain includes the CA certificate
+    /// with blake3 fingerprint `ca_fingerprint`.
+    pub fn for_join(ca_fingerprint: [u8; 32]) -> Result<Self, NetError> {
+        let endpoint = Endpoint::client(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+        Self::with_crypto(tls::join_client_crypto(ca_fingerprint)?, endpoint)
+    }
+
+    /// A client that presents no certificate but trusts `ca_pem`: for tests that check
+    /// what an unauthenticated peer can do.
+    pub fn anonymous(ca_pem: &str) -> Result<Self, NetError> {
+        let fingerprint = crate::certs::ca_fingerprint(ca_pem)?;
+        Self::for_join(fingerprint)
+    }
+
+    fn with_endpoint(identity: &TlsIdentity, endpoint: Endpoint) -> Result<Self, NetError> {
+        Self::with_crypto(tls::client_crypto(identity)?, endpoint)
+    }
+
+    fn with_crypto(
+        crypto: quinn::crypto::rustls::QuicClientConfig,
+        mut endpoint: Endpoint,
+    ) -> Result<Self, NetError> {
         let mut config = ClientConfig::new(Arc::new(crypto));
         // We never accept streams from servers.
         config.transport_config(Arc::new(tls::transport(CLIENT_IDLE_TIMEOUT_MS, 0)?));

@@ -1,8 +1,10 @@
 //! Plait's transport: QUIC (quinn) with mutual TLS (rustls with the *ring* provider).
 //!
 //! Every peer — node, mount, admin CLI — holds a certificate signed by the cluster CA
-//! ([`certs`]); servers refuse peers without one, and clients only talk to servers whose
-//! certificate was signed by the same CA and names [`SERVER_NAME`].
+//! ([`certs`]); servers refuse a certificate from any other CA at the handshake, serve a
+//! peer without a certificate nothing but `Request::Join` (a new node redeeming its join
+//! token), and clients only talk to servers whose certificate was signed by the same CA and
+//! names [`SERVER_NAME`] (a joiner: by the CA its token pins).
 //!
 //! Framing: one request per bidirectional stream. The client writes one encoded
 //! `Envelope<Request>` and finishes its side; the server answers with one encoded `Response`
@@ -17,12 +19,13 @@ pub mod certs;
 mod client;
 mod server;
 mod tls;
+pub mod token;
 
 use std::fmt;
 use std::path::Path;
 
 pub use client::RpcClient;
-pub use server::{Server, ServerLimits};
+pub use server::{REFUSED, Server, ServerLimits, UNAUTHENTICATED_FRAME_MAX_BYTES};
 
 /// DNS name carried (as a SAN) by every certificate the cluster CA issues; clients verify the
 /// server's certificate against this name, since peers are addressed by IP and port.

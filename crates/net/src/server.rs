@@ -15,6 +15,14 @@ use crate::{Handler, NetError, TlsIdentity, tls};
 /// Application error code on a receive stream we stop reading (oversized or late request).
 const STREAM_REFUSED: VarInt = VarInt::from_u32(1);
 
+/// Largest request frame accepted from a peer without a client certificate, in bytes: a
+/// join request (token, CSR, address) fits in a few KiB.
+pub const UNAUTHENTICATED_FRAME_MAX_BYTES: usize = 16 * 1024;
+
+/// The one answer every request but `Join` gets from a peer without a client
+/// certificate: it names no resource and carries no state.
+pub const REFUSED: &str = "refused: no client certificate";
+
 /// Application error code of connections closed by [`Server::close`].
 const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
 
@@ -134,11 +142,17 @@ async fn serve_connection<H: Handler>(incoming: Incoming, handler: Arc<H>, limit
             return;
         }
     };
-    tracing::debug!(%remote, "connection established");
+    // The verifier accepted either a certificate of the cluster CA or none at all.
+    let authenticated = conn.peer_identity().is_some();
+    tracing::debug!(%remote, authenticated, "connection established");
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(serve_stream(send, recv, handler.clone(), limits, remote));
+                let peer = Peer {
+                    remote,
+                    authenticated,
+                };
+                tokio::spawn(serve_stream(send, recv, handler.clone(), limits, peer));
             }
             Err(
                 ConnectionError::ApplicationClosed(_)
@@ -156,6 +170,13 @@ async fn serve_connection<H: Handler>(incoming: Incoming, handler: Arc<H>, limit
     }
 }
 
+/// Who sent a request: address and whether it presented a certificate of the cluster CA.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    remote: SocketAddr,
+    authenticated: bool,
+}
+
 fn protocol_error(message: impl Into<String>) -> Response {
     Response::Error(RpcError::new(ErrorCode::Protocol, message))
 }
@@ -165,11 +186,17 @@ async fn serve_stream<H: Handler>(
     mut recv: RecvStream,
     handler: Arc<H>,
     limits: ServerLimits,
-    remote: SocketAddr,
+    peer: Peer,
 ) {
+    let remote = peer.remote;
     let timeout = Duration::from_millis(limits.request_timeout_ms);
     let stream = send.id();
-    let response = match tokio::time::timeout(timeout, recv.read_to_end(FRAME_MAX_BYTES)).await {
+    let frame_max_bytes = if peer.authenticated {
+        FRAME_MAX_BYTES
+    } else {
+        UNAUTHENTICATED_FRAME_MAX_BYTES
+    };
+    let response = match tokio::time::timeout(timeout, recv.read_to_end(frame_max_bytes)).await {
         Err(_) => {
             tracing::warn!(%remote, %stream, "request not received in time");
             let _ = recv.stop(STREAM_REFUSED);
@@ -184,14 +211,14 @@ async fn serve_stream<H: Handler>(
         Ok(Err(ReadToEndError::TooLong)) => {
             tracing::warn!(%remote, %stream, "request frame too large");
             let _ = recv.stop(STREAM_REFUSED);
-            protocol_error(format!("request frame exceeds {FRAME_MAX_BYTES} bytes"))
+            protocol_error(format!("request frame exceeds {frame_max_bytes} bytes"))
         }
         Ok(Err(ReadToEndError::Read(e))) => {
             // Reset by the peer or connection lost: there is nobody to answer.
             tracing::debug!(%remote, %stream, error = %e, "request stream failed");
             return;
         }
-        Ok(Ok(frame)) => handle_frame(&frame, handler, limits, remote).await,
+        Ok(Ok(frame)) => handle_frame(&frame, handler, limits, peer).await,
     };
 
     let bytes = match plait_proto::encode(&response) {
@@ -231,8 +258,9 @@ async fn handle_frame<H: Handler>(
     frame: &[u8],
     handler: Arc<H>,
     limits: ServerLimits,
-    remote: SocketAddr,
+    peer: Peer,
 ) -> Response {
+    let remote = peer.remote;
     let envelope: Envelope<Request> = match plait_proto::decode(frame) {
         Ok(env) => env,
         Err(e) => {
@@ -248,6 +276,10 @@ async fn handle_frame<H: Handler>(
         ));
     }
     let req = envelope.body;
+    if !peer.authenticated && !matches!(req, Request::Join { .. }) {
+        tracing::info!(%remote, "refusing a request from a peer without a certificate");
+        return Response::Error(RpcError::new(ErrorCode::AccessDenied, REFUSED));
+    }
     let mut task = tokio::spawn(async move { handler.handle(req).await });
     match tokio::time::timeout(Duration::from_millis(limits.request_timeout_ms), &mut task).await {
         Ok(Ok(response)) => response,

@@ -50,21 +50,25 @@ fn roots(identity: &TlsIdentity) -> Result<Arc<RootCertStore>, NetError> {
     Ok(Arc::new(roots))
 }
 
-/// Server side: our certificate, and a verifier that requires a client certificate signed
-/// by the cluster CA.
+/// Server side: our certificate followed by the CA certificate (so that a joiner, who
+/// only knows the CA's fingerprint, can check the chain), and a verifier that accepts a
+/// client certificate only if the cluster CA signed it. A client that presents no
+/// certificate is let through the handshake but marked unauthenticated: the server then
+/// serves it nothing but `Request::Join` (see `server.rs`). A certificate from another CA
+/// fails the handshake.
 pub(crate) fn server_crypto(identity: &TlsIdentity) -> Result<QuicServerConfig, NetError> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(identity)?, provider.clone())
+        .allow_unauthenticated()
         .build()
         .map_err(|e| NetError::Tls(format!("client verifier: {e}")))?;
+    let mut chain = parse_certs(&identity.cert_pem, "certificate")?;
+    chain.extend(parse_certs(&identity.ca_pem, "CA certificate")?);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            parse_certs(&identity.cert_pem, "certificate")?,
-            parse_key(&identity.key_pem)?,
-        )
+        .with_single_cert(chain, parse_key(&identity.key_pem)?)
         .map_err(|e| NetError::Tls(format!("certificate/key: {e}")))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     // No 0-RTT: requests are not all idempotent and 0-RTT data can be replayed.
@@ -85,6 +89,112 @@ pub(crate) fn client_crypto(identity: &TlsIdentity) -> Result<QuicClientConfig, 
         .map_err(|e| NetError::Tls(format!("certificate/key: {e}")))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     QuicClientConfig::try_from(config).map_err(|e| NetError::Tls(e.to_string()))
+}
+
+/// Client side for a joiner, which has no certificate and no CA certificate yet, only the
+/// CA's fingerprint from its token: no client certificate, and a server verifier that
+/// accepts a chain only if the server sent the CA certificate with that fingerprint and
+/// the server's certificate verifies against it (as any client would check it).
+pub(crate) fn join_client_crypto(ca_fingerprint: [u8; 32]) -> Result<QuicClientConfig, NetError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedCaVerifier {
+        fingerprint: ca_fingerprint,
+        provider: provider.clone(),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    QuicClientConfig::try_from(config).map_err(|e| NetError::Tls(e.to_string()))
+}
+
+/// Verifies a server against the CA whose certificate's blake3 fingerprint is pinned.
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedCaVerifier {
+    /// A standard verifier rooted at the pinned CA, found among the certificates the server
+    /// sent; an error if it sent none with the pinned fingerprint.
+    fn rooted(
+        &self,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<Arc<rustls::client::WebPkiServerVerifier>, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| blake3::hash(c.as_ref()).as_bytes() == &self.fingerprint)
+            .ok_or(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned()).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.rooted(intermediates)?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// QUIC transport settings shared by both sides: keep-alives so a dead peer is noticed

@@ -261,11 +261,60 @@ async fn client_without_certificate_is_refused() {
         .await
         .expect("refusal should be prompt");
     eprintln!("no certificate: {result:?}");
-    assert!(
-        result.is_err(),
-        "a client without a certificate got an answer"
-    );
+    // The handshake succeeds (a joiner has no certificate yet), but the request gets the
+    // one generic refusal and never reaches the handler.
+    let bytes = result.expect("an answer frame");
+    match plait_proto::decode::<Response>(&bytes).unwrap() {
+        Response::Error(e) => {
+            assert_eq!(e.code, plait_proto::ErrorCode::AccessDenied);
+            assert_eq!(e.message, plait_net::REFUSED);
+        }
+        other => panic!("a client without a certificate got {other:?}"),
+    }
     assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
+
+    // The same through RpcClient::anonymous: only a join reaches the handler, and an
+    // oversized frame is cut off at the unauthenticated bound.
+    let anon = plait_net::RpcClient::anonymous(&cluster.ca.0).unwrap();
+    let r = anon
+        .call(addr, &Request::NodeStatus, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Error(_)), "{r:?}");
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
+    let join = Request::Join {
+        token_id: 1,
+        secret: [0; 32],
+        csr_pem: String::new(),
+        addr: "127.0.0.1:1".into(),
+    };
+    anon.call(addr, &join, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+    let big = Request::Join {
+        token_id: 1,
+        secret: [0; 32],
+        csr_pem: "x".repeat(plait_net::UNAUTHENTICATED_FRAME_MAX_BYTES),
+        addr: String::new(),
+    };
+    let r = anon.call(addr, &big, Duration::from_secs(5)).await;
+    assert!(
+        matches!(r, Err(_) | Ok(Response::Error(_))),
+        "oversized join frame answered: {r:?}"
+    );
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+
+    // A client that pins another CA's fingerprint does not talk to this server at all.
+    let (other_ca, _) = plait_net::certs::new_ca("other").unwrap();
+    let wrong = plait_net::RpcClient::anonymous(&other_ca).unwrap();
+    assert!(
+        wrong
+            .call(addr, &join, Duration::from_secs(5))
+            .await
+            .is_err()
+    );
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
     server.close();
 }
 

@@ -63,6 +63,22 @@ pub struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// Join a cluster with this one-time token (from `plait node add`) on first start: the
+    /// node gets its id and certificate from the cluster and keeps them in
+    /// `<data_dir>/tls`; later starts use those and ignore the token.
+    #[arg(long)]
+    pub join: Option<String>,
+    /// The cluster CA's private key (PEM): lets this node sign the certificates of nodes
+    /// that join through it. Without it, it refuses joins.
+    #[arg(long)]
+    pub ca_key: Option<PathBuf>,
+    /// Role of a statically configured node: both (default), data or witness. A joining
+    /// node takes its role from its token.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Failure zone of a statically configured node (a joining node takes its token's).
+    #[arg(long)]
+    pub zone: Option<String>,
 }
 
 /// The TOML file: same keys as the flags.
@@ -85,19 +101,27 @@ struct FileConfig {
     election_min_ms: Option<u64>,
     election_max_ms: Option<u64>,
     log_json: Option<bool>,
+    join: Option<String>,
+    ca_key: Option<PathBuf>,
+    role: Option<String>,
+    zone: Option<String>,
 }
 
 /// The effective configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub node_id: u64,
+    /// Set for a statically configured node; a joined node reads its id from its data dir.
+    pub node_id: Option<u64>,
     pub listen: SocketAddr,
     pub advertise: SocketAddr,
     pub data_dir: PathBuf,
     pub chunk_dir: PathBuf,
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// `ca`, `cert` and `key` of a statically configured node.
+    pub tls_files: Option<(PathBuf, PathBuf, PathBuf)>,
+    pub join: Option<String>,
+    pub ca_key: Option<PathBuf>,
+    pub role: plait_proto::NodeRole,
+    pub zone: Option<String>,
     pub bootstrap: bool,
     pub gc_grace_ms: u64,
     pub gc_interval_ms: u64,
@@ -124,7 +148,31 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let node_id = required(args.node_id.or(file.node_id), "node_id")?;
+        let node_id = args.node_id.or(file.node_id);
+        let join = args.join.or(file.join);
+        let ca = args.ca.or(file.ca);
+        let cert = args.cert.or(file.cert);
+        let key = args.key.or(file.key);
+        // A node either has its certificate files configured, or joins (and then keeps
+        // what it got in its data dir).
+        let tls_files = if join.is_some() && cert.is_none() {
+            None
+        } else {
+            Some((
+                required(ca, "ca")?,
+                required(cert, "cert")?,
+                required(key, "key")?,
+            ))
+        };
+        if tls_files.is_some() && node_id.is_none() {
+            required(node_id, "node_id")?;
+        }
+        let role = match args.role.or(file.role).as_deref() {
+            None | Some("both") => plait_proto::NodeRole::Both,
+            Some("data") => plait_proto::NodeRole::Data,
+            Some("witness" | "voter") => plait_proto::NodeRole::Witness,
+            Some(other) => bail!("role must be both, data or witness, not {other:?}"),
+        };
         let listen = required(args.listen.or(file.listen), "listen")?;
         let data_dir = required(args.data_dir.or(file.data_dir), "data_dir")?;
         let chunk_dir = args
@@ -136,9 +184,11 @@ impl Config {
             listen,
             advertise: args.advertise.or(file.advertise).unwrap_or(listen),
             chunk_dir,
-            ca: required(args.ca.or(file.ca), "ca")?,
-            cert: required(args.cert.or(file.cert), "cert")?,
-            key: required(args.key.or(file.key), "key")?,
+            tls_files,
+            join,
+            ca_key: args.ca_key.or(file.ca_key),
+            role,
+            zone: args.zone.or(file.zone),
             bootstrap: args.bootstrap || file.bootstrap.unwrap_or(false),
             gc_grace_ms: args.gc_grace_ms.or(file.gc_grace_ms).unwrap_or(120_000),
             gc_interval_ms: args.gc_interval_ms.or(file.gc_interval_ms).unwrap_or(5_000),
@@ -163,7 +213,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<()> {
-        if self.node_id == 0 {
+        if self.node_id == Some(0) {
             bail!("node_id must be greater than 0");
         }
         if self.heartbeat_ms == 0 || self.heartbeat_ms * 2 > self.election_min_ms {
@@ -207,7 +257,7 @@ mod tests {
             ..Args::default()
         };
         let cfg = Config::load(args).unwrap();
-        assert_eq!(cfg.node_id, 3);
+        assert_eq!(cfg.node_id, Some(3));
         assert_eq!(cfg.gc_grace_ms, 9);
         assert_eq!(cfg.chunk_dir, PathBuf::from("/d/chunks"));
         assert_eq!(cfg.advertise, cfg.listen);
@@ -224,7 +274,24 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("nodeid"));
-        let err = Config::load(Args::default()).unwrap_err();
+        let err = Config::load(Args {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            data_dir: Some("/d".into()),
+            ca: Some("/ca".into()),
+            cert: Some("/c".into()),
+            key: Some("/k".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("node_id"));
+        // A joining node needs neither an id nor certificate files.
+        let cfg = Config::load(Args {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            data_dir: Some("/d".into()),
+            join: Some("plait-join-1-00".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert!(cfg.node_id.is_none() && cfg.tls_files.is_none());
     }
 }

@@ -8,6 +8,7 @@
 mod config;
 mod gc;
 mod heal;
+mod join;
 mod network;
 mod raft_types;
 mod service;
@@ -23,7 +24,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use openraft::BasicNode;
 use plait_chunks::ChunkStore;
-use plait_net::{RpcClient, Server, ServerLimits, TlsIdentity};
+use plait_net::{RpcClient, Server, ServerLimits};
 
 use crate::config::{Args, Config};
 use crate::service::Service;
@@ -71,8 +72,16 @@ async fn main() -> Result<()> {
 async fn run(cfg: Config) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let identity =
-        TlsIdentity::load(&cfg.ca, &cfg.cert, &cfg.key).context("loading TLS identity")?;
+    let ident = join::identity(&cfg).await?;
+    let identity = ident.tls.clone();
+    let node_id = ident.node_id;
+    let ca_key = match &cfg.ca_key {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading CA key {}", path.display()))?,
+        ),
+        None => None,
+    };
     let db = store::Db::open(&cfg.data_dir.join("db")).context("opening database")?;
     let chunks = Arc::new(ChunkStore::open(&cfg.chunk_dir).context("opening chunk store")?);
 
@@ -88,7 +97,7 @@ async fn run(cfg: Config) -> Result<()> {
     let log_store = store::LogStore::new(db.clone());
     let state_machine = store::StateMachine::new(db.clone(), cfg.data_dir.join("snapshot.bin"));
     let raft = openraft::Raft::new(
-        cfg.node_id,
+        node_id,
         raft_config(&cfg)?,
         network::Network::new(rpc.clone()),
         log_store,
@@ -100,8 +109,11 @@ async fn run(cfg: Config) -> Result<()> {
     let server = Server::bind(cfg.listen, &identity, ServerLimits::default())
         .with_context(|| format!("binding {}", cfg.listen))?;
     let service = Arc::new(Service {
-        node_id: cfg.node_id,
+        node_id,
         addr: cfg.advertise.to_string(),
+        ca_pem: identity.ca_pem.clone(),
+        ca_key,
+        join_permits: tokio::sync::Semaphore::new(service::JOINS_IN_FLIGHT_MAX),
         raft: raft.clone(),
         db,
         chunks,
@@ -115,7 +127,7 @@ async fn run(cfg: Config) -> Result<()> {
     if cfg.bootstrap && !raft.is_initialized().await? {
         let mut members = BTreeMap::new();
         members.insert(
-            cfg.node_id,
+            node_id,
             BasicNode {
                 addr: cfg.advertise.to_string(),
             },
@@ -123,7 +135,20 @@ async fn run(cfg: Config) -> Result<()> {
         raft.initialize(members)
             .await
             .context("bootstrapping metadata group")?;
-        tracing::info!(node_id = cfg.node_id, "bootstrapped a new metadata group");
+        tracing::info!(node_id, "bootstrapped a new metadata group");
+    }
+    match ident.pending_add {
+        Some(addrs) => {
+            tokio::spawn(join::add_self(service.clone(), cfg.data_dir.clone(), addrs));
+        }
+        None if cfg.tls_files.is_some() => {
+            tokio::spawn(join::register_self(
+                service.clone(),
+                cfg.role,
+                cfg.zone.clone(),
+            ));
+        }
+        None => {}
     }
 
     let counter = service.clone();
@@ -146,7 +171,7 @@ async fn run(cfg: Config) -> Result<()> {
         service.clone(),
         Duration::from_millis(SESSION_SWEEP_INTERVAL_MS),
     ));
-    tracing::info!(node_id = cfg.node_id, listen = %cfg.listen, "plaitd serving");
+    tracing::info!(node_id, listen = %cfg.listen, "plaitd serving");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

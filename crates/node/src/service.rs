@@ -13,8 +13,8 @@ use plait_chunks::{ChunkError, ChunkStore};
 use plait_meta::Command;
 use plait_net::RpcClient;
 use plait_proto::{
-    ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, MissingCopy, NodeStatus, RaftRpc, Request,
-    Response, RpcError, Timestamp,
+    ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, MissingCopy, NodeInfo, NodeRole, NodeStatus,
+    RaftRpc, Request, Response, RpcError, Timestamp,
 };
 use tokio::sync::Notify;
 
@@ -44,7 +44,19 @@ pub struct Service {
     pub healed_chunks: AtomicU64,
     /// Bytes of those copies.
     pub healed_bytes: AtomicU64,
+    /// The cluster CA certificate (PEM), sent to joiners with their certificate.
+    pub ca_pem: String,
+    /// The cluster CA's private key (PEM), if this node signs joiners' certificates.
+    pub ca_key: Option<String>,
+    /// Bounds the joins served at once (they come from unauthenticated peers).
+    pub join_permits: tokio::sync::Semaphore,
 }
+
+/// Most join requests one node serves at once; more are refused (generically).
+pub const JOINS_IN_FLIGHT_MAX: usize = 2;
+
+/// Timeout of the probe that checks the remaining voters before a removal.
+const REMOVE_PROBE_TIMEOUT_MS: u64 = 2_000;
 
 /// Longest a `WaitLock` long poll waits, in milliseconds.
 const WAIT_LOCK_MAX_MS: u64 = 5_000;
@@ -67,6 +79,13 @@ fn not_leader(f: &ForwardToLeader<u64, openraft::BasicNode>) -> RpcError {
     let mut e = RpcError::new(ErrorCode::NotLeader, "not the metadata leader");
     e.leader_hint = f.leader_node.as_ref().map(|n| n.addr.clone());
     e
+}
+
+fn write_error(e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>) -> RpcError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+        other => RpcError::new(ErrorCode::Unavailable, other.to_string()),
+    }
 }
 
 fn error(e: RpcError) -> Response {
@@ -266,54 +285,255 @@ impl Service {
         }
     }
 
-    /// The voters of the metadata group and their addresses, from this node's view of the
-    /// membership (the last membership entry it has seen, committed or not).
-    pub fn members(&self) -> Vec<(u64, String)> {
+    /// The cluster map with roles and zones, from this node's view of the Raft membership
+    /// (the last membership entry it has seen, committed or not) and its applied node
+    /// records. Members without a record are `Both`; records of nodes not (yet) in the
+    /// membership are listed with `member: false`.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
-        let mut out: Vec<(u64, String)> = membership
-            .voter_ids()
-            .map(|id| {
-                let addr = membership
-                    .get_node(&id)
-                    .map(|n| n.addr.clone())
-                    .unwrap_or_default();
-                (id, addr)
+        let records = match self.query_local(MetaQuery::ListNodes) {
+            Ok(MetaReply::NodeRecords(r)) => r,
+            _ => Vec::new(),
+        };
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let mut out: Vec<NodeInfo> = membership
+            .nodes()
+            .map(|(id, node)| {
+                let rec = records.iter().find(|r| r.id == *id);
+                NodeInfo {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    role: rec.map_or(NodeRole::Both, |r| r.role),
+                    zone: rec.and_then(|r| r.zone.clone()),
+                    voter: voters.contains(id),
+                    member: true,
+                }
             })
             .collect();
-        out.sort();
+        for rec in records {
+            if !out.iter().any(|n| n.id == rec.id) {
+                out.push(NodeInfo {
+                    id: rec.id,
+                    addr: rec.addr,
+                    role: rec.role,
+                    zone: rec.zone,
+                    voter: false,
+                    member: false,
+                });
+            }
+        }
+        out.sort_by_key(|n| n.id);
         out
     }
 
-    /// Makes `node_id` a voter: adds it as a learner (waiting until it caught up with the
-    /// log), then promotes it. Leader only; idempotent.
-    async fn add_voter(&self, node_id: u64, addr: String) -> Result<Vec<(u64, String)>, RpcError> {
-        let write_error = |e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
-            other => RpcError::new(ErrorCode::Unavailable, other.to_string()),
-        };
-        // Only the leader changes membership; answer like a metadata op elsewhere.
-        if let Err(e) = self.raft.ensure_linearizable().await {
-            return Err(match e {
-                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(&f),
-                other => RpcError::new(ErrorCode::Unavailable, other.to_string()),
-            });
+    /// The data nodes (members whose role stores chunks) and their addresses: the nodes
+    /// chunk placement and heal use.
+    pub fn members(&self) -> Vec<(u64, String)> {
+        self.nodes()
+            .into_iter()
+            .filter(|n| n.member && n.role.stores_data())
+            .map(|n| (n.id, n.addr))
+            .collect()
+    }
+
+    /// Whether this node is in the Raft membership it knows of.
+    pub fn is_member(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&self.node_id)
+            .is_some()
+    }
+
+    async fn ensure_leader(&self) -> Result<(), RpcError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(&f)),
+            Err(other) => Err(RpcError::new(ErrorCode::Unavailable, other.to_string())),
         }
-        if self.members().iter().any(|(id, _)| *id == node_id) {
+    }
+
+    /// Makes `node_id` a member: adds it as a learner (waiting until it caught up with the
+    /// log), then promotes it to voter unless its record says it is a data-only node.
+    /// Leader only; idempotent.
+    async fn add_voter(&self, node_id: u64, addr: String) -> Result<Vec<(u64, String)>, RpcError> {
+        // Only the leader changes membership; answer like a metadata op elsewhere.
+        self.ensure_leader().await?;
+        let nodes = self.nodes();
+        let known = nodes.iter().find(|n| n.id == node_id);
+        let votes = known.is_none_or(|n| n.role.votes());
+        let done = known.is_some_and(|n| n.member && (n.voter || !votes));
+        if done {
             return Ok(self.members());
         }
-        tracing::info!(node_id, %addr, "adding a learner");
-        self.raft
-            .add_learner(node_id, openraft::BasicNode { addr: addr.clone() }, true)
-            .await
-            .map_err(write_error)?;
-        tracing::info!(node_id, %addr, "promoting the learner to voter");
-        let ids: BTreeSet<u64> = [node_id].into_iter().collect();
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(ids), false)
-            .await
-            .map_err(write_error)?;
+        if !known.is_some_and(|n| n.member) {
+            tracing::info!(node_id, %addr, "adding a learner");
+            self.raft
+                .add_learner(node_id, openraft::BasicNode { addr: addr.clone() }, true)
+                .await
+                .map_err(write_error)?;
+        }
+        if votes {
+            tracing::info!(node_id, %addr, "promoting the learner to voter");
+            let ids: BTreeSet<u64> = [node_id].into_iter().collect();
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(ids), false)
+                .await
+                .map_err(write_error)?;
+        }
         Ok(self.members())
+    }
+
+    /// Serves a join request (from a peer without a certificate): checks the token
+    /// locally, has the metadata group consume it (which gives the joiner its id and
+    /// record), and signs the joiner's CSR. Every failure is the same refusal.
+    async fn join(
+        &self,
+        token_id: u64,
+        secret: [u8; 32],
+        csr_pem: String,
+        addr: String,
+    ) -> Response {
+        let refused = || {
+            error(RpcError::new(
+                ErrorCode::AccessDenied,
+                plait_meta::JOIN_REFUSED,
+            ))
+        };
+        let Some(ca_key) = &self.ca_key else {
+            tracing::info!("join refused: this node holds no CA key");
+            return refused();
+        };
+        let Ok(_permit) = self.join_permits.try_acquire() else {
+            tracing::info!("join refused: too many joins in flight");
+            return refused();
+        };
+        let secret_hash = *blake3::hash(&secret).as_bytes();
+        let valid = self.db.view().ok().and_then(|view| {
+            plait_meta::join_token_valid(&view, token_id, &secret_hash, now()).ok()
+        });
+        if valid != Some(true) {
+            tracing::info!(token_id, "join refused: no such live token");
+            return refused();
+        }
+        // A CSR we cannot sign must not burn the token.
+        if plait_net::certs::sign_csr(&self.ca_pem, ca_key, &csr_pem, "node0").is_err() {
+            tracing::info!(token_id, "join refused: unusable signing request");
+            return refused();
+        }
+        let min_node_id = self
+            .nodes()
+            .iter()
+            .map(|n| n.id)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
+        let op = MetaOp::ConsumeJoinToken {
+            token_id,
+            secret_hash,
+            addr,
+            min_node_id,
+        };
+        let rec = match self.propose_anywhere(op).await {
+            Ok(MetaReply::Joined(rec)) => rec,
+            Ok(_) => return refused(),
+            Err(e) => {
+                tracing::info!(token_id, error = %e, "join refused");
+                return refused();
+            }
+        };
+        match plait_net::certs::sign_csr(&self.ca_pem, ca_key, &csr_pem, &format!("node{}", rec.id))
+        {
+            Ok(cert_pem) => {
+                tracing::info!(node_id = rec.id, role = rec.role.name(), addr = %rec.addr, "node joined");
+                Response::Joined {
+                    node_id: rec.id,
+                    cert_pem,
+                    ca_pem: self.ca_pem.clone(),
+                }
+            }
+            Err(e) => {
+                tracing::error!(node_id = rec.id, error = %e, "signing a joiner's certificate failed");
+                refused()
+            }
+        }
+    }
+
+    /// Removes a node that is gone: from the Raft membership, then its record and heal
+    /// entries. Leader only. Refuses to remove the last voter, or a voter whose removal
+    /// would leave fewer answering voters than a majority of the remaining ones.
+    async fn remove_node(&self, node_id: u64) -> Result<Vec<NodeInfo>, RpcError> {
+        self.ensure_leader().await?;
+        let nodes = self.nodes();
+        let Some(node) = nodes.iter().find(|n| n.id == node_id).cloned() else {
+            return Err(RpcError::new(
+                ErrorCode::NotFound,
+                format!("node {node_id} is not in the cluster"),
+            ));
+        };
+        if node.voter {
+            let remaining: Vec<&NodeInfo> = nodes
+                .iter()
+                .filter(|n| n.voter && n.id != node_id)
+                .collect();
+            if remaining.is_empty() {
+                return Err(RpcError::new(
+                    ErrorCode::NotPermitted,
+                    format!(
+                        "node {node_id} is the last voter of the metadata group; refusing to remove it"
+                    ),
+                ));
+            }
+            let mut up = 0usize;
+            for n in &remaining {
+                if n.id == self.node_id {
+                    up += 1;
+                    continue;
+                }
+                let Ok(sock) = n.addr.parse::<SocketAddr>() else {
+                    continue;
+                };
+                let timeout = Duration::from_millis(REMOVE_PROBE_TIMEOUT_MS);
+                if let Ok(Response::NodeStatus(_)) =
+                    self.rpc.call(sock, &Request::NodeStatus, timeout).await
+                {
+                    up += 1;
+                }
+            }
+            if up * 2 <= remaining.len() {
+                // Not `Unavailable`: clients would retry it until their timeout.
+                return Err(RpcError::new(
+                    ErrorCode::NotPermitted,
+                    format!(
+                        "removing node {node_id} would leave {} voter(s) of which only {up} answer: \
+                         no majority; bring voters back first",
+                        remaining.len()
+                    ),
+                ));
+            }
+        }
+        let ids: BTreeSet<u64> = [node_id].into_iter().collect();
+        if node.voter {
+            tracing::info!(node_id, "removing a voter");
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+                .await
+                .map_err(write_error)?;
+        }
+        if self.nodes().iter().any(|n| n.id == node_id && n.member) {
+            tracing::info!(node_id, "removing a learner");
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(ids), false)
+                .await
+                .map_err(write_error)?;
+        }
+        // Each pass drops a bounded batch of the node's heal entries.
+        while let MetaReply::NodeForgotten { more: true } =
+            self.propose(MetaOp::ForgetNode { node: node_id }).await?
+        {}
+        Ok(self.nodes())
     }
 
     /// Recounts the chunks in the store (a directory walk) for `NodeStatus`.
@@ -398,6 +618,17 @@ impl Service {
                 Response::Meta(MetaReply::Empty)
             }
             Request::StateDigest => self.state_digest().await,
+            Request::Nodes => Response::Nodes(self.nodes()),
+            Request::Join {
+                token_id,
+                secret,
+                csr_pem,
+                addr,
+            } => self.join(token_id, secret, csr_pem, addr).await,
+            Request::RemoveNode { node_id } => match self.remove_node(node_id).await {
+                Ok(nodes) => Response::Nodes(nodes),
+                Err(e) => error(e),
+            },
         }
     }
 }

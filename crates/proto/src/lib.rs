@@ -76,19 +76,20 @@ pub enum Request {
     Raft(RaftRpc),
     /// Node facts for `plait status`, the playground and health checks.
     NodeStatus,
-    /// Make `node_id` (reachable at `addr`) a voter of the metadata group: added as a
-    /// learner, caught up, then promoted. Served by the leader only (others answer
-    /// `NotLeader` with a hint); a no-op if it already is a voter. Answered with
-    /// [`Response::Members`] (the voters after the change).
+    /// Make `node_id` (reachable at `addr`) a member of the metadata group: added as a
+    /// learner, caught up, then promoted to voter unless its record says it is a data-only
+    /// node. Served by the leader only (others answer `NotLeader` with a hint); a no-op if
+    /// it already is a member in its role. Answered with [`Response::Members`] (the data
+    /// nodes after the change).
     AddVoter {
         /// Raft id of the new voter.
         node_id: NodeId,
         /// Its QUIC address (ip:port).
         addr: String,
     },
-    /// The voters of the metadata group and their addresses, as this node knows them (no
-    /// leadership check): the cluster map chunk placement uses. Answered with
-    /// [`Response::Members`].
+    /// The data nodes (role `Both` or `Data`, voters and learners) and their addresses, as
+    /// this node knows them (no leadership check): the nodes chunk placement uses.
+    /// Answered with [`Response::Members`]. Witnesses are not listed.
     Members,
     /// Start a heal pass on this node now (instead of at its next interval). Answered
     /// with [`Response::Meta`]`(MetaReply::Empty)`.
@@ -122,6 +123,31 @@ pub enum Request {
     /// A digest of this node's applied metadata state, from its own state machine (no
     /// leadership check), for divergence checks. Answered with [`Response::StateDigest`].
     StateDigest,
+    /// The cluster map with roles and zones, as this node knows it (no leadership
+    /// check). Answered with [`Response::Nodes`].
+    Nodes,
+    /// Redeem a join token: the only request a peer without a client certificate may
+    /// send. The node checks the token (through the metadata group, which consumes it),
+    /// signs the CSR and answers [`Response::Joined`]; every failure is answered with one
+    /// generic `AccessDenied` error that says nothing about why.
+    Join {
+        /// The token's id (public part).
+        token_id: u64,
+        /// The token's secret; only its blake3 hash is ever stored or logged.
+        secret: [u8; 32],
+        /// A PKCS#10 certificate signing request (PEM) for the joiner's own key; its
+        /// names are ignored (the certificate is issued for `node<id>`).
+        csr_pem: String,
+        /// The QUIC address (ip:port) the joiner will listen on and advertise.
+        addr: String,
+    },
+    /// Remove a node that is gone from the metadata group and the cluster map (leader
+    /// only). Refused for the last voter, or when the remaining voters that answer would
+    /// not be a majority of the remaining voters. Answered with [`Response::Nodes`].
+    RemoveNode {
+        /// The node to remove.
+        node_id: NodeId,
+    },
 }
 
 /// Raft messages between voters, opaque to everyone but the node crate.
@@ -155,4 +181,16 @@ pub enum Response {
     Error(RpcError),
     /// Answer to [`Request::StateDigest`].
     StateDigest(StateDigest),
+    /// Answer to [`Request::Nodes`] and [`Request::RemoveNode`]: the cluster map, sorted
+    /// by node id.
+    Nodes(Vec<NodeInfo>),
+    /// Answer to [`Request::Join`]: the joiner's id and certificate, and the cluster CA.
+    Joined {
+        /// The node id the cluster gave the joiner.
+        node_id: NodeId,
+        /// Its certificate (PEM), signed by the cluster CA.
+        cert_pem: String,
+        /// The cluster CA certificate (PEM); its fingerprint matches the token's.
+        ca_pem: String,
+    },
 }

@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::lock::{
     FileLockInfo, LockKind, LockRange, LockSpec, SessionId, SessionInfo, SetOutcome, WaitState,
 };
-use crate::{Attr, ChunkId, DirEntry, Extent, FsStats, Ino, NodeId, Timestamp, VolumeInfo};
+use crate::{
+    Attr, ChunkId, DirEntry, Extent, FsStats, Ino, NodeId, NodeRecord, NodeRole, Timestamp,
+    VolumeInfo,
+};
 
 /// What kind of object to create, with what only that kind needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,7 +308,59 @@ pub enum MetaOp {
         /// (chunk, `since` of the entry that was healed).
         chunks: Vec<(ChunkId, Timestamp)>,
     },
+    /// Store a one-time join token (`T` key): only the blake3 hash of its secret, the role
+    /// and zone the joiner gets, and its expiry (command time + `ttl_ms`). Expired tokens
+    /// are pruned by the same command. Answered with `Empty`.
+    CreateJoinToken {
+        /// Token id (random, chosen by the admin CLI); `Exists` if taken.
+        token_id: u64,
+        /// blake3 of the token's secret.
+        secret_hash: [u8; 32],
+        /// Role of the node that joins with it.
+        role: NodeRole,
+        /// Zone of the node that joins with it.
+        zone: Option<String>,
+        /// Lifetime, 1..=[`JOIN_TOKEN_TTL_MAX_MS`] milliseconds.
+        ttl_ms: u64,
+    },
+    /// Redeem a join token: if it exists, is not expired and the hash matches, delete it,
+    /// give the joiner a node id (at least `min_node_id`, above every recorded node) and
+    /// record it (`M` key) with the token's role and zone. Any failure is the same
+    /// `AccessDenied` error and changes nothing. Answered with `Joined`.
+    ConsumeJoinToken {
+        /// Token id.
+        token_id: u64,
+        /// blake3 of the secret the joiner presented.
+        secret_hash: [u8; 32],
+        /// The joiner's QUIC address.
+        addr: String,
+        /// Lowest id to hand out (the leader passes one above every Raft member, so a
+        /// node that never registered is not given a second time).
+        min_node_id: NodeId,
+    },
+    /// Record (or update the address of) a node configured statically (`cluster init`,
+    /// bootstrap). The role and zone of an existing record are kept. Answered with `Empty`.
+    RegisterNode {
+        /// The node.
+        node: NodeRecord,
+    },
+    /// Forget a removed node: its record and up to [`REMOVE_NODE_HEAL_MAX`] of its
+    /// heal-index entries. Answered with `NodeForgotten { more }`: `more` if heal entries
+    /// remain (the caller repeats the op).
+    ForgetNode {
+        /// The node.
+        node: NodeId,
+    },
 }
+
+/// Longest lifetime of a join token, in milliseconds (7 days).
+pub const JOIN_TOKEN_TTL_MAX_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Most join tokens that may be outstanding at once.
+pub const JOIN_TOKENS_MAX: usize = 1024;
+
+/// Most heal-index entries one `ForgetNode` drops.
+pub const REMOVE_NODE_HEAL_MAX: usize = 4096;
 
 /// A metadata read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -428,6 +483,8 @@ pub enum MetaQuery {
         /// Most entries to return (the node caps it).
         limit: u32,
     },
+    /// Every node record (`M` keys).
+    ListNodes,
 }
 
 /// One copy of a chunk that a placed node does not have (yet): a heal-index entry.
@@ -533,4 +590,13 @@ pub enum MetaReply {
     /// A path from the volume root (`None` if the inode has no name any more or its
     /// name could not be found within the search bounds).
     Path(Option<Vec<u8>>),
+    /// A join token was redeemed: the new node's record.
+    Joined(NodeRecord),
+    /// Every node record, by id.
+    NodeRecords(Vec<NodeRecord>),
+    /// A `ForgetNode` ran; `more` if heal entries of the node remain.
+    NodeForgotten {
+        /// Heal entries remain.
+        more: bool,
+    },
 }

@@ -209,3 +209,72 @@ pub struct StateDigest {
     /// length-prefixed, followed by `last_applied`.
     pub digest: String,
 }
+
+/// What a node does in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeRole {
+    /// Metadata voter and chunk store (the default).
+    Both,
+    /// Chunk store only: a non-voting member of the metadata group (a Raft learner, so it
+    /// still applies the log its heal and GC workers read).
+    Data,
+    /// Metadata voter that stores no chunks (GlusterFS's arbiter): two data nodes and a
+    /// witness make a majority of three.
+    Witness,
+}
+
+impl NodeRole {
+    /// True if chunks are placed on nodes of this role.
+    pub fn stores_data(self) -> bool {
+        matches!(self, NodeRole::Both | NodeRole::Data)
+    }
+
+    /// True if nodes of this role vote in the metadata group.
+    pub fn votes(self) -> bool {
+        matches!(self, NodeRole::Both | NodeRole::Witness)
+    }
+
+    /// The name used by the CLI and in listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeRole::Both => "both",
+            NodeRole::Data => "data",
+            NodeRole::Witness => "witness",
+        }
+    }
+}
+
+/// Longest zone label, in bytes.
+pub const ZONE_MAX_BYTES: usize = 64;
+
+/// A node as the replicated state records it (`M` key): what it is for and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Raft id.
+    pub id: NodeId,
+    /// QUIC address (ip:port) it registered with.
+    pub addr: String,
+    /// Role.
+    pub role: NodeRole,
+    /// Failure zone label (`None`: no zone; such nodes count as one zone each).
+    pub zone: Option<String>,
+}
+
+/// One entry of the cluster map as a node answers `Request::Nodes`: the member's record
+/// joined with the node's view of the Raft membership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Raft id.
+    pub id: NodeId,
+    /// QUIC address (ip:port).
+    pub addr: String,
+    /// Role (`Both` for a member without a record yet).
+    pub role: NodeRole,
+    /// Failure zone label.
+    pub zone: Option<String>,
+    /// Whether it is a voter of the metadata group now (a learner or a node not yet in the
+    /// membership is not).
+    pub voter: bool,
+    /// Whether it is in the Raft membership at all (voter or learner).
+    pub member: bool,
+}

@@ -31,7 +31,7 @@ fn tag(req: &Request) -> char {
         Request::NodeStatus => 'P',
         Request::Meta(_) => 'M',
         Request::Query(_) => 'Q',
-        Request::Members => 'G',
+        Request::Members | Request::Nodes => 'G',
         _ => 'C',
     }
 }
@@ -74,10 +74,17 @@ fn status() -> Result<Response, NetError> {
 
 /// A `Members` answer listing the nodes at `ports`, node id = port.
 fn members(ports: &[u16]) -> Result<Response, NetError> {
-    Ok(Response::Members(
+    Ok(Response::Nodes(
         ports
             .iter()
-            .map(|p| (u64::from(*p), addr(*p).to_string()))
+            .map(|p| plait_proto::NodeInfo {
+                id: u64::from(*p),
+                addr: addr(*p).to_string(),
+                role: plait_proto::NodeRole::Both,
+                zone: None,
+                voter: true,
+                member: true,
+            })
             .collect(),
     ))
 }
@@ -249,7 +256,7 @@ async fn put_chunk_sends_the_hash_of_the_bytes_and_retries() {
     let calls = Arc::new(Mutex::new(0usize));
     let count = calls.clone();
     let handler = move |_a: SocketAddr, req: &Request| {
-        if matches!(req, Request::Members) {
+        if matches!(req, Request::Nodes) {
             return members(&[1]);
         }
         let mut n = count.lock().unwrap();
@@ -329,7 +336,10 @@ async fn put_chunk_below_quorum_reports_no_space_first() {
 async fn add_voter_follows_the_leader_and_members_asks_anyone() {
     let (client, calls) = scripted(config(&[1, 2], 5_000), |port, tag, _| match (port, tag) {
         (1, 'C') => Ok(not_leader(Some(2))),
-        (2, 'C') => members(&[1, 2]),
+        (2, 'C') => Ok(Response::Members(vec![
+            (1, addr(1).to_string()),
+            (2, addr(2).to_string()),
+        ])),
         (_, 'G') => members(&[1, 2]),
         _ => status(),
     });
