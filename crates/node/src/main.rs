@@ -94,7 +94,7 @@ async fn run(cfg: Config) -> Result<()> {
         RpcClient::bound(&identity, cfg.listen.ip())
     }
     .context("creating QUIC client")?;
-    let log_store = store::LogStore::new(db.clone());
+    let log_store = store::LogStore::new(db.clone()).context("starting the Raft log syncer")?;
     let state_machine = store::StateMachine::new(db.clone(), cfg.data_dir.join("snapshot.bin"));
     let raft = openraft::Raft::new(
         node_id,
