@@ -96,6 +96,7 @@ async fn run(cfg: Config) -> Result<()> {
     .context("creating QUIC client")?;
     let log_store = store::LogStore::new(db.clone()).context("starting the Raft log syncer")?;
     let state_machine = store::StateMachine::new(db.clone(), cfg.data_dir.join("snapshot.bin"));
+    let applied = state_machine.applied();
     let raft = openraft::Raft::new(
         node_id,
         raft_config(&cfg)?,
@@ -116,6 +117,7 @@ async fn run(cfg: Config) -> Result<()> {
         join_permits: tokio::sync::Semaphore::new(service::JOINS_IN_FLIGHT_MAX),
         raft: raft.clone(),
         db,
+        applied,
         chunks,
         chunk_count: AtomicU64::new(0),
         rpc,

@@ -31,6 +31,8 @@ pub struct Service {
     pub raft: Raft,
     /// The node's database (read side of the state machine).
     pub db: Arc<Db>,
+    /// Changes after every batch the state machine applied (long polls wait on it).
+    pub applied: Arc<tokio::sync::watch::Sender<u64>>,
     /// The node's chunks.
     pub chunks: Arc<ChunkStore>,
     /// Chunks stored here, as last counted by [`Service::refresh_chunk_count`]: counting
@@ -169,13 +171,14 @@ impl Service {
     ) -> Result<MetaReply, RpcError> {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(timeout_ms.min(WAIT_LOCK_MAX_MS));
-        let mut metrics = self.raft.metrics();
+        // Subscribed before the first read, so no change after it is missed.
+        let mut applied = self.applied.subscribe();
         let first = self.query(q.clone()).await?;
         if first != *current {
             return Ok(first);
         }
         loop {
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
                 Ok(Ok(())) => {}
                 // Timed out, or raft shut down: let the caller ask again.
                 _ => return Ok(first),

@@ -42,12 +42,24 @@ fn snapshot_config() -> impl bincode::config::Config {
 pub struct StateMachine {
     db: Arc<Db>,
     snapshot_path: PathBuf,
+    /// Bumped after every batch of applied entries (and installed snapshot), so long
+    /// polls re-read the state at once instead of waiting for Raft's metrics.
+    applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateMachine {
     /// A state machine over `db`, keeping its latest snapshot at `snapshot_path`.
     pub fn new(db: Arc<Db>, snapshot_path: PathBuf) -> Self {
-        Self { db, snapshot_path }
+        Self {
+            db,
+            snapshot_path,
+            applied: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// Changes after every batch of applied entries: subscribe, then read the state.
+    pub fn applied(&self) -> Arc<tokio::sync::watch::Sender<u64>> {
+        self.applied.clone()
     }
 
     fn read_sm<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -252,6 +264,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             replies.push(self.apply_one(entry).map_err(sm_err)?);
         }
+        self.applied.send_modify(|n| *n = n.wrapping_add(1));
         Ok(replies)
     }
 
@@ -273,7 +286,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || this.install(&bytes))
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?
-            .map_err(sm_err)
+            .map_err(sm_err)?;
+        self.applied.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {
