@@ -118,6 +118,8 @@ async fn run(cfg: Config) -> Result<()> {
         raft: raft.clone(),
         db,
         applied,
+        read_lease_ms: cfg.election_min_ms / 2,
+        read_lease: std::sync::Mutex::new(None),
         chunks,
         chunk_count: AtomicU64::new(0),
         rpc,

@@ -33,6 +33,11 @@ pub struct Service {
     pub db: Arc<Db>,
     /// Changes after every batch the state machine applied (long polls wait on it).
     pub applied: Arc<tokio::sync::watch::Sender<u64>>,
+    /// How long a confirmed leadership serves reads without a new quorum round, in ms
+    /// (see [`Service::query`]); 0 turns the lease off.
+    pub read_lease_ms: u64,
+    /// The last confirmed leadership: when the confirming round started, and its term.
+    pub read_lease: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
     /// The node's chunks.
     pub chunks: Arc<ChunkStore>,
     /// Chunks stored here, as last counted by [`Service::refresh_chunk_count`]: counting
@@ -190,10 +195,43 @@ impl Service {
         }
     }
 
+    /// Whether this node confirmed its leadership (a quorum answered a round it started)
+    /// less than [`Service::read_lease_ms`] ago, in the term it still leads.
+    fn holds_read_lease(&self) -> bool {
+        let Some((since, term)) = *self.read_lease.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return false;
+        };
+        if since.elapsed() >= Duration::from_millis(self.read_lease_ms) {
+            return false;
+        }
+        let m = self.raft.metrics().borrow().clone();
+        m.current_term == term && m.current_leader == Some(self.node_id)
+    }
+
     /// Answers a read after confirming leadership, so it sees every committed change.
+    ///
+    /// A confirmation is a lease: followers that answered a round refuse to vote for
+    /// anyone else for the election timeout after they got it (openraft's leader lease),
+    /// so no other leader can commit anything for at least `election_min_ms` after the
+    /// round started. Reads within half of that (`read_lease_ms`) are served from the
+    /// applied state without a new round: every write acknowledged to a client was
+    /// applied here before its answer went out.
     pub async fn query(&self, q: MetaQuery) -> Result<MetaReply, RpcError> {
+        if self.holds_read_lease() {
+            return self.query_local(q);
+        }
+        let started = std::time::Instant::now();
+        let term = self.raft.metrics().borrow().current_term;
         match self.raft.ensure_linearizable().await {
-            Ok(_) => {}
+            Ok(_) => {
+                // Only a round wholly within one term confirms a lease for that term.
+                if self.raft.metrics().borrow().current_term == term {
+                    let mut lease = self.read_lease.lock().unwrap_or_else(|p| p.into_inner());
+                    if lease.is_none_or(|(since, _)| since < started) {
+                        *lease = Some((started, term));
+                    }
+                }
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 return Err(not_leader(&f));
             }
