@@ -1017,6 +1017,8 @@ fn no_attr(name: &[u8]) -> Fail {
 }
 
 pub(crate) mod delegation;
+#[cfg(test)]
+mod delegation_sim;
 pub(crate) mod members;
 
 #[cfg(test)]
