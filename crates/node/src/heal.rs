@@ -45,8 +45,10 @@ enum Healed {
 /// is in progress the worker steps again after a short pause instead of an interval.
 pub async fn run(service: Arc<Service>, interval: Duration) {
     let mut placer = Placer::default();
+    // After a failed placement step, wait a full interval before the next one.
+    let mut backoff = false;
     loop {
-        if !placer.busy() {
+        if backoff || !placer.busy() {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = service.heal_trigger.notified() => {}
@@ -55,9 +57,13 @@ pub async fn run(service: Arc<Service>, interval: Duration) {
         if let Err(e) = pass(&service).await {
             tracing::warn!(error = %e, "heal pass failed");
         }
-        if let Err(e) = placer.step(&service).await {
-            tracing::warn!(error = %e, "placement pass step failed; retrying");
-        }
+        backoff = match placer.step(&service).await {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "placement pass step failed; retrying");
+                true
+            }
+        };
     }
 }
 
