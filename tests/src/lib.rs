@@ -242,6 +242,23 @@ pub fn chunk_intact(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|bytes| blake3::hash(&bytes).to_hex().as_str() == name)
 }
 
+/// The `replicas` data nodes (playground node K has id K) the chunk holding exactly
+/// `data` is placed on under the map `nodes` (no zones), as the client computes it.
+pub fn placed_nodes(nodes: &[u32], replicas: usize, data: &[u8]) -> Vec<u32> {
+    let id = plait_proto::ChunkId::of(data);
+    plait_client::placement::place(&id, nodes, replicas, |n| u64::from(*n))
+}
+
+/// Of `nodes`, the ones without an intact (hash-verified) copy of the chunk holding
+/// exactly `data`.
+pub fn nodes_missing_chunk(dir: &Path, nodes: &[u32], data: &[u8]) -> Vec<u32> {
+    nodes
+        .iter()
+        .copied()
+        .filter(|n| !chunk_intact(&chunk_file(dir, *n, data)))
+        .collect()
+}
+
 /// The metadata leader according to `playground status` (the LEADER column of a running
 /// node that knows one).
 pub fn leader(pg: &Playground) -> Option<u32> {

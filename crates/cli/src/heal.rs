@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use plait_client::ClusterClient;
-use plait_proto::{HealNodeSummary, MetaQuery, MetaReply};
+use plait_proto::{HealNodeSummary, MetaQuery, MetaReply, PlacementPass};
 use serde::Serialize;
 
 use crate::admin::Output;
@@ -62,7 +62,19 @@ pub async fn run(cmd: HealCmd) -> Result<()> {
         } => {
             let client = conn.connect().await?;
             let s = summary(&client).await?;
-            print_summary(&s, output)
+            print_summary(&s, output)?;
+            if matches!(output, Output::Text) {
+                // Not in the JSON output, which stays the array of pending rows.
+                for p in placement(&client).await? {
+                    println!(
+                        "placement node {}: {} ({} chunks copied since start)",
+                        p.node,
+                        p.state.map_or("no answer", PlacementPass::name),
+                        p.copied_chunks
+                    );
+                }
+            }
+            Ok(())
         }
         HealCmd::Start {
             stall_timeout_s,
@@ -109,8 +121,73 @@ fn print_summary(s: &[HealNodeSummary], output: Output) -> Result<()> {
     Ok(())
 }
 
-/// Wakes every node's heal worker, then shows progress until the index is empty or
-/// nothing moved for `stall_timeout`.
+/// One data node's placement pass, from its status.
+struct NodePlacement {
+    node: u64,
+    /// `None`: the node did not answer.
+    state: Option<PlacementPass>,
+    copied_chunks: u64,
+}
+
+/// Every data node's placement pass (each asked once).
+async fn placement(client: &ClusterClient) -> Result<Vec<NodePlacement>> {
+    let mut out = Vec::new();
+    for (node, addr) in client.members().await? {
+        let p = match client.node_status(addr).await {
+            Ok(s) => NodePlacement {
+                node,
+                state: Some(s.placement),
+                copied_chunks: s.placement_copied_chunks,
+            },
+            Err(_) => NodePlacement {
+                node,
+                state: None,
+                copied_chunks: 0,
+            },
+        };
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// Waits until no data node that answers has a placement pass pending or running (a pass
+/// that cannot fetch a copy records it in the heal index instead of stalling).
+async fn wait_placement(client: &ClusterClient, stall_timeout: Duration) -> Result<()> {
+    let mut last_progress = Instant::now();
+    let mut last_copied = 0u64;
+    loop {
+        let passes = placement(client).await?;
+        let copied: u64 = passes.iter().map(|p| p.copied_chunks).sum();
+        if copied != last_copied {
+            last_copied = copied;
+            last_progress = Instant::now();
+        }
+        let busy: Vec<u64> = passes
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.state,
+                    Some(PlacementPass::Pending | PlacementPass::Running)
+                )
+            })
+            .map(|p| p.node)
+            .collect();
+        if busy.is_empty() {
+            return Ok(());
+        }
+        if last_progress.elapsed() >= stall_timeout {
+            bail!(
+                "placement passes made no copy for {} s and still run on node(s) {busy:?}",
+                stall_timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+}
+
+/// Wakes every node's heal worker (which also runs a placement pass), waits for the
+/// placement passes, then shows progress until the index is empty or nothing moved for
+/// `stall_timeout`.
 async fn start(client: &ClusterClient, stall_timeout: Duration) -> Result<()> {
     let members = client.members().await?;
     for (node, addr) in &members {
@@ -118,6 +195,7 @@ async fn start(client: &ClusterClient, stall_timeout: Duration) -> Result<()> {
             eprintln!("node {node} ({addr}): could not start a pass: {e}");
         }
     }
+    wait_placement(client, stall_timeout).await?;
     let first = summary(client).await?;
     let (start_chunks, _) = totals(&first);
     if start_chunks == 0 {

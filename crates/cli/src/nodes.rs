@@ -132,6 +132,10 @@ struct Row {
     disk_used_bytes: Option<u64>,
     chunks: Option<u64>,
     heal_pending_chunks: u64,
+    /// The node's placement pass: idle, pending or running (`None`: no answer).
+    placement: Option<&'static str>,
+    /// Copies its placement passes made since it started.
+    placement_copied_chunks: Option<u64>,
     error: Option<String>,
 }
 
@@ -197,6 +201,8 @@ async fn list(conn: ConnArgs, output: Output) -> Result<()> {
             disk_used_bytes: None,
             chunks: None,
             heal_pending_chunks: pending,
+            placement: None,
+            placement_copied_chunks: None,
             error: None,
         };
         match n.addr.parse() {
@@ -208,6 +214,8 @@ async fn list(conn: ConnArgs, output: Output) -> Result<()> {
                     row.disk_used_bytes =
                         Some(s.disk_total_bytes.saturating_sub(s.disk_free_bytes));
                     row.chunks = Some(s.chunk_count);
+                    row.placement = Some(s.placement.name());
+                    row.placement_copied_chunks = Some(s.placement_copied_chunks);
                 }
                 Err(e) => row.error = Some(e.to_string()),
             },
@@ -220,8 +228,17 @@ async fn list(conn: ConnArgs, output: Output) -> Result<()> {
         Output::Text => {
             const MIB: u64 = 1024 * 1024;
             println!(
-                "{:>4} {:<8} {:<8} {:<7} {:<22} {:>15} {:>9} {:>12}",
-                "ID", "ROLE", "ZONE", "STATE", "ADDRESS", "DISK-USED-MIB", "CHUNKS", "HEAL-PENDING"
+                "{:>4} {:<8} {:<8} {:<7} {:<22} {:>15} {:>9} {:>12} {:<9} {:>9}",
+                "ID",
+                "ROLE",
+                "ZONE",
+                "STATE",
+                "ADDRESS",
+                "DISK-USED-MIB",
+                "CHUNKS",
+                "HEAL-PENDING",
+                "PLACEMENT",
+                "PLACED"
             );
             for r in &rows {
                 let used = match (r.disk_used_bytes, r.disk_total_bytes) {
@@ -234,7 +251,7 @@ async fn list(conn: ConnArgs, output: Output) -> Result<()> {
                     r.state.to_string()
                 };
                 println!(
-                    "{:>4} {:<8} {:<8} {:<7} {:<22} {:>15} {:>9} {:>12}",
+                    "{:>4} {:<8} {:<8} {:<7} {:<22} {:>15} {:>9} {:>12} {:<9} {:>9}",
                     r.id,
                     r.role,
                     r.zone.as_deref().unwrap_or("-"),
@@ -242,7 +259,10 @@ async fn list(conn: ConnArgs, output: Output) -> Result<()> {
                     r.addr,
                     used,
                     r.chunks.map_or("-".into(), |c| c.to_string()),
-                    r.heal_pending_chunks
+                    r.heal_pending_chunks,
+                    r.placement.unwrap_or("-"),
+                    r.placement_copied_chunks
+                        .map_or("-".into(), |c| c.to_string())
                 );
             }
             println!("(* metadata leader)");

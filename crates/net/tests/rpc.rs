@@ -51,6 +51,9 @@ impl Handler for Echo {
                 chunk_count: 5,
                 healed_chunks: 0,
                 healed_bytes: 0,
+                placement: plait_proto::PlacementPass::Idle,
+                placement_copied_chunks: 0,
+                placement_copied_bytes: 0,
             }),
             _ => Response::ChunkStored,
         }

@@ -18,6 +18,7 @@ use plait_chunks::ChunkError;
 use plait_proto::{ChunkId, HealEntry, MetaOp, Request, Response};
 use tokio::task::JoinSet;
 
+use crate::placement::Placer;
 use crate::service::Service;
 
 /// Heal-index entries read and settled per batch (one `HealDone` each).
@@ -39,16 +40,30 @@ enum Healed {
     Copied(u64),
 }
 
-/// Runs heal passes forever: every `interval`, and at once when asked (`HealNow`).
+/// Runs heal passes forever: every `interval`, and at once when asked (`HealNow`). After
+/// each heal pass, steps this node's placement pass (see [`crate::placement`]); while one
+/// is in progress the worker steps again after a short pause instead of an interval.
 pub async fn run(service: Arc<Service>, interval: Duration) {
+    let mut placer = Placer::default();
+    // After a failed placement step, wait a full interval before the next one.
+    let mut backoff = false;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = service.heal_trigger.notified() => {}
+        if backoff || !placer.busy() {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = service.heal_trigger.notified() => {}
+            }
         }
         if let Err(e) = pass(&service).await {
             tracing::warn!(error = %e, "heal pass failed");
         }
+        backoff = match placer.step(&service).await {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "placement pass step failed; retrying");
+                true
+            }
+        };
     }
 }
 
@@ -140,6 +155,44 @@ async fn heal_one(service: &Arc<Service>, id: &ChunkId) -> Result<Healed, String
         }
         Err(e) => return Err(format!("reading the local copy: {e}")),
     }
+    fetch(service, id).await.map(Healed::Copied)
+}
+
+/// Copies the chunks `ids` (which this node has no file for) from the other data nodes,
+/// [`HEAL_IN_FLIGHT_MAX`] at a time; returns the bytes of each copy made and the chunks
+/// no node gave a good copy of.
+pub async fn copy_missing(service: &Arc<Service>, ids: Vec<ChunkId>) -> (Vec<u64>, Vec<ChunkId>) {
+    let mut copied = Vec::new();
+    let mut failed = Vec::new();
+    let mut set = JoinSet::new();
+    let mut queue = ids.into_iter();
+    loop {
+        while set.len() < HEAL_IN_FLIGHT_MAX {
+            let Some(id) = queue.next() else { break };
+            let service = service.clone();
+            set.spawn(async move { (id, fetch(&service, id).await) });
+        }
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
+        match joined {
+            Ok((id, Ok(bytes))) => {
+                tracing::debug!(chunk = %id, bytes, "copied a newly placed chunk");
+                copied.push(bytes);
+            }
+            Ok((id, Err(e))) => {
+                tracing::warn!(chunk = %id, error = %e, "copying a newly placed chunk failed");
+                failed.push(id);
+            }
+            Err(e) => tracing::warn!(error = %e, "copy task failed"),
+        }
+    }
+    (copied, failed)
+}
+
+/// Fetches a good copy of `id` from the other data nodes (rank order) and stores it (hash
+/// verified, fsynced; replaces a corrupt local file); returns its size in bytes.
+async fn fetch(service: &Arc<Service>, id: ChunkId) -> Result<u64, String> {
     let peers: Vec<(u64, String)> = service
         .members()
         .into_iter()
@@ -178,7 +231,7 @@ async fn heal_one(service: &Arc<Service>, id: &ChunkId) -> Result<Healed, String
             .await
             .map_err(|e| e.to_string())?
         {
-            Ok(()) => return Ok(Healed::Copied(size_bytes)),
+            Ok(()) => return Ok(size_bytes),
             Err(ChunkError::HashMismatch { .. }) => {
                 last_error = format!("node {node}: sent bytes that do not match the chunk id");
             }

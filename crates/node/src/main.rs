@@ -10,6 +10,7 @@ mod gc;
 mod heal;
 mod join;
 mod network;
+mod placement;
 mod raft_types;
 mod service;
 mod sessions;
@@ -17,7 +18,7 @@ mod store;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -126,6 +127,11 @@ async fn run(cfg: Config) -> Result<()> {
         heal_trigger: tokio::sync::Notify::new(),
         healed_chunks: AtomicU64::new(0),
         healed_bytes: AtomicU64::new(0),
+        // A node runs a placement pass at start: one cut by a restart runs again.
+        placement_requested: AtomicBool::new(true),
+        placement_running: AtomicBool::new(false),
+        placement_copied_chunks: AtomicU64::new(0),
+        placement_copied_bytes: AtomicU64::new(0),
     });
 
     if cfg.bootstrap && !raft.is_initialized().await? {

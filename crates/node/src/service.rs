@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::ChangeMembers;
@@ -14,7 +14,7 @@ use plait_meta::Command;
 use plait_net::RpcClient;
 use plait_proto::{
     ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, MissingCopy, NodeInfo, NodeRole, NodeStatus,
-    RaftRpc, Request, Response, RpcError, Timestamp,
+    PlacementPass, RaftRpc, Request, Response, RpcError, Timestamp,
 };
 use tokio::sync::Notify;
 
@@ -51,6 +51,15 @@ pub struct Service {
     pub healed_chunks: AtomicU64,
     /// Bytes of those copies.
     pub healed_bytes: AtomicU64,
+    /// A placement pass was asked for (`HealNow`, or the node started) and has not
+    /// started yet.
+    pub placement_requested: AtomicBool,
+    /// A placement pass is in progress.
+    pub placement_running: AtomicBool,
+    /// Copies the placement passes made since start.
+    pub placement_copied_chunks: AtomicU64,
+    /// Bytes of those copies.
+    pub placement_copied_bytes: AtomicU64,
     /// The cluster CA certificate (PEM), sent to joiners with their certificate.
     pub ca_pem: String,
     /// The cluster CA's private key (PEM), if this node signs joiners' certificates.
@@ -602,6 +611,15 @@ impl Service {
             chunk_count,
             healed_chunks: self.healed_chunks.load(Ordering::Relaxed),
             healed_bytes: self.healed_bytes.load(Ordering::Relaxed),
+            placement: if self.placement_running.load(Ordering::Relaxed) {
+                PlacementPass::Running
+            } else if self.placement_requested.load(Ordering::Relaxed) {
+                PlacementPass::Pending
+            } else {
+                PlacementPass::Idle
+            },
+            placement_copied_chunks: self.placement_copied_chunks.load(Ordering::Relaxed),
+            placement_copied_bytes: self.placement_copied_bytes.load(Ordering::Relaxed),
         })
     }
 }
@@ -655,6 +673,7 @@ impl Service {
                 Err(e) => error(e),
             },
             Request::HealNow => {
+                self.placement_requested.store(true, Ordering::Relaxed);
                 self.heal_trigger.notify_one();
                 Response::Meta(MetaReply::Empty)
             }

@@ -193,6 +193,35 @@ pub struct NodeStatus {
     pub healed_chunks: u64,
     /// Their bytes.
     pub healed_bytes: u64,
+    /// This node's placement pass (copying the chunks it is newly placed for after the
+    /// set of data nodes changed).
+    pub placement: PlacementPass,
+    /// Copies the placement passes made since the node started.
+    pub placement_copied_chunks: u64,
+    /// Their bytes.
+    pub placement_copied_bytes: u64,
+}
+
+/// State of a node's placement pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlacementPass {
+    /// No pass to do: the last one covered the current data nodes.
+    Idle,
+    /// A pass is due (data nodes changed, `heal start`, or the node just started).
+    Pending,
+    /// A pass is running.
+    Running,
+}
+
+impl PlacementPass {
+    /// The name `plait node list` / `plait heal info` show.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlacementPass::Idle => "idle",
+            PlacementPass::Pending => "pending",
+            PlacementPass::Running => "running",
+        }
+    }
 }
 
 /// A fingerprint of one node's applied metadata state, for divergence checks: two nodes

@@ -69,6 +69,9 @@ fn status() -> Result<Response, NetError> {
         chunk_count: 0,
         healed_chunks: 0,
         healed_bytes: 0,
+        placement: plait_proto::PlacementPass::Idle,
+        placement_copied_chunks: 0,
+        placement_copied_bytes: 0,
     }))
 }
 
