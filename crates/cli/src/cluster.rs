@@ -26,19 +26,8 @@ pub struct InitArgs {
 
 /// Writes `contents` to `path` readable by the owner only (keys) or by all (certificates).
 pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mode = if private { 0o600 } else { 0o644 };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
+    plait_net::certs::write_file(path, contents, private)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Creates a CA in `dir` and a client certificate; returns the CA (cert, key) PEMs.

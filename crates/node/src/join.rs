@@ -51,19 +51,9 @@ fn tls_dir(cfg: &Config) -> PathBuf {
     cfg.data_dir.join("tls")
 }
 
-fn write_private(path: &Path, contents: &str, mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
+fn write_tls_file(path: &Path, contents: &str, private: bool) -> Result<()> {
+    plait_net::certs::write_file(path, contents, private)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Resolves this node's identity (see the module docs); joins if needed.
@@ -148,12 +138,12 @@ async fn join(cfg: &Config, token: &JoinToken, dir: &Path) -> Result<NodeIdentit
         bail!("the cluster answered with a CA other than the token's");
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    write_private(&dir.join(CA_FILE), &ca_pem, 0o644)?;
-    write_private(&dir.join(CERT_FILE), &cert_pem, 0o644)?;
-    write_private(&dir.join(KEY_FILE), &key_pem, 0o600)?;
-    write_private(&dir.join(PENDING_FILE), &token.addrs.join("\n"), 0o644)?;
+    write_tls_file(&dir.join(CA_FILE), &ca_pem, false)?;
+    write_tls_file(&dir.join(CERT_FILE), &cert_pem, false)?;
+    write_tls_file(&dir.join(KEY_FILE), &key_pem, true)?;
+    write_tls_file(&dir.join(PENDING_FILE), &token.addrs.join("\n"), false)?;
     // The id last: its presence means the identity is complete.
-    write_private(&dir.join(ID_FILE), &format!("{node_id}\n"), 0o644)?;
+    write_tls_file(&dir.join(ID_FILE), &format!("{node_id}\n"), false)?;
     tracing::info!(node_id, "joined the cluster; certificate saved");
     Ok(NodeIdentity {
         node_id,

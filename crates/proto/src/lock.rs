@@ -95,3 +95,14 @@ pub struct FileLockInfo {
 pub fn waiter_id(session: SessionId, seq: u32) -> u64 {
     (session << 32) | u64::from(seq)
 }
+
+/// The error code a lock manager error is reported with (ENOLCK for a full table, EINVAL
+/// for a bad request), the same on the group and on a mount managing a delegated file.
+pub fn error_code(e: &LockError) -> crate::ErrorCode {
+    match e {
+        LockError::TooManyLocks | LockError::TooManyWaiters => crate::ErrorCode::NoLocks,
+        LockError::InvalidRange { .. } | LockError::WaiterIdInUse(_) => {
+            crate::ErrorCode::InvalidArgument
+        }
+    }
+}

@@ -165,11 +165,7 @@ enum GroupLock {
 }
 
 fn local_error(e: LockError) -> FsError {
-    let code = match e {
-        LockError::TooManyLocks | LockError::TooManyWaiters => ErrorCode::NoLocks,
-        LockError::InvalidRange { .. } | LockError::WaiterIdInUse(_) => ErrorCode::InvalidArgument,
-    };
-    FsError::code(code, e.to_string())
+    FsError::code(plait_proto::lock::error_code(&e), e.to_string())
 }
 
 fn interrupted_error() -> FsError {

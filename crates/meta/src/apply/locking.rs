@@ -32,8 +32,8 @@ pub(crate) fn ms(t: Timestamp) -> u64 {
         .saturating_add(u64::from(t.nsec / 1_000_000))
 }
 
-/// The timestamp `ms_later` milliseconds after `t`.
-fn later(t: Timestamp, ms_later: u64) -> Timestamp {
+/// The timestamp `ms_later` milliseconds after `t` (saturating).
+pub(crate) fn later(t: Timestamp, ms_later: u64) -> Timestamp {
     let total_ns = u64::from(t.nsec) + (ms_later % 1000) * 1_000_000;
     let secs = i64::try_from(ms_later / 1000 + total_ns / 1_000_000_000).unwrap_or(i64::MAX);
     Timestamp {
@@ -43,11 +43,7 @@ fn later(t: Timestamp, ms_later: u64) -> Timestamp {
 }
 
 fn lock_error(e: LockError) -> crate::Fail {
-    let code = match e {
-        LockError::TooManyLocks | LockError::TooManyWaiters => ErrorCode::NoLocks,
-        LockError::InvalidRange { .. } | LockError::WaiterIdInUse(_) => ErrorCode::InvalidArgument,
-    };
-    refuse(code, e.to_string())
+    refuse(plait_proto::lock::error_code(&e), e.to_string())
 }
 
 fn expired(session: SessionId) -> crate::Fail {

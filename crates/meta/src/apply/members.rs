@@ -32,16 +32,6 @@ pub(crate) struct TokenRec {
     pub expires: Timestamp,
 }
 
-/// `t` plus `ms` milliseconds (saturating).
-fn plus_ms(t: Timestamp, ms: u64) -> Timestamp {
-    let total_ns = u64::from(t.nsec) + (ms % 1000) * 1_000_000;
-    let secs = i64::try_from(ms / 1000 + total_ns / 1_000_000_000).unwrap_or(i64::MAX);
-    Timestamp {
-        sec: t.sec.saturating_add(secs),
-        nsec: u32::try_from(total_ns % 1_000_000_000).unwrap_or(0),
-    }
-}
-
 /// Equality of two hashes in time independent of where they differ.
 fn same_hash(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -148,7 +138,7 @@ impl<R: KvRead> Applier<'_, R> {
             secret_hash: *secret_hash,
             role,
             zone: zone.clone(),
-            expires: plus_ms(self.now, ttl_ms),
+            expires: super::locking::later(self.now, ttl_ms),
         };
         self.put(key, &rec)?;
         Ok(MetaReply::Empty)
