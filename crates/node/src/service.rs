@@ -185,6 +185,16 @@ impl Service {
     ) -> Result<MetaReply, RpcError> {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(timeout_ms.min(WAIT_LOCK_MAX_MS));
+        // Only cheap point reads may be re-run on every applied batch.
+        if !matches!(
+            q,
+            MetaQuery::LockWait { .. } | MetaQuery::Delegation { .. } | MetaQuery::Recalls { .. }
+        ) {
+            return Err(RpcError::new(
+                ErrorCode::InvalidArgument,
+                "only lock waits, delegations and recalls can be waited on",
+            ));
+        }
         // Subscribed before the first read, so no change after it is missed.
         let mut applied = self.applied.subscribe();
         let first = self.query(q.clone()).await?;
@@ -213,7 +223,8 @@ impl Service {
         if since.elapsed() >= Duration::from_millis(self.read_lease_ms) {
             return false;
         }
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics();
+        let m = m.borrow();
         m.current_term == term && m.current_leader == Some(self.node_id)
     }
 

@@ -111,7 +111,9 @@ pub enum Request {
     },
     /// Wait (leader only, at most `timeout_ms`) until the answer to `query` differs from
     /// `current`, then answer it (as `Response::Meta`); `current` itself if the time ran
-    /// out, so the caller asks again. Answered from committed state only.
+    /// out, so the caller asks again. Answered from committed state only. Only
+    /// `LockWait`, `Delegation` and `Recalls` may be watched (they are re-read on every
+    /// applied batch); others are refused with `InvalidArgument`.
     WaitChange {
         /// The read to watch.
         query: MetaQuery,
