@@ -210,10 +210,15 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Distinct bytes for file `i` of a test run tagged `tag`: between 1 KiB and
-/// `1 KiB + max_extra_bytes`, so that every file is one chunk of its own.
+/// Smallest [`content`]: just over the inline bound, so every such file is a chunk on the
+/// data nodes (smaller files live in the metadata group).
+pub const CONTENT_MIN_BYTES: usize = plait_proto::INLINE_CHUNK_MAX_BYTES + 1024;
+
+/// Distinct bytes for file `i` of a test run tagged `tag`: between [`CONTENT_MIN_BYTES`]
+/// and `CONTENT_MIN_BYTES + max_extra_bytes`, so that every file is one chunk of its own
+/// stored on data nodes.
 pub fn content(tag: &str, i: usize, max_extra_bytes: usize) -> Vec<u8> {
-    let len = 1024 + (i * 7919) % max_extra_bytes.max(1);
+    let len = CONTENT_MIN_BYTES + (i * 7919) % max_extra_bytes.max(1);
     let seed = blake3::hash(format!("{tag}-{i}").as_bytes());
     let mut out = Vec::with_capacity(len);
     while out.len() < len {

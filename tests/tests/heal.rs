@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use plait_tests::{Playground, chunk_file, chunk_intact, content, heal_pending, leader};
 
-/// Files written while a node is down (each one chunk of 1–5 KiB).
+/// Files written while a node is down (each one chunk of 33–37 KiB on the data nodes).
 const FILES_WHILE_DOWN: usize = 300;
 
 /// How long heal may take in the test before it fails (the measured time is printed; the

@@ -50,7 +50,7 @@ const CONVERGE_MAX_MS: u64 = 60_000;
 const FILES_DURING: usize = 30;
 
 fn content(tag: &str, i: usize) -> Vec<u8> {
-    // 1 KiB .. ~64 KiB, distinct per file: every file is one chunk.
+    // 33 KiB .. ~97 KiB, distinct per file: every file is one chunk on the data nodes.
     plait_tests::content(tag, i, 64 * 1024)
 }
 

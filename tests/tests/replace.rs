@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use plait_tests::{Playground, content, leader, nodes_missing_chunk, placed_nodes};
 
-/// Files written before the node dies (each one chunk of 1–5 KiB).
+/// Files written before the node dies (each one chunk of 33–37 KiB on the data nodes).
 const FILES: usize = 60;
 
 /// Copies per chunk of the test volume.

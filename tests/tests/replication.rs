@@ -16,7 +16,7 @@ const FAILOVER_STALL_MAX_MS: u128 = 15_000;
 const REPLICA_SETTLE_MS: u64 = 10_000;
 
 fn content(tag: &str, i: usize) -> Vec<u8> {
-    // Different sizes (1 KiB .. ~200 KiB) and bytes per file: every file is one chunk.
+    // Different sizes (33 KiB .. ~233 KiB) and bytes per file: every file is one chunk.
     plait_tests::content(tag, i, 200 * 1024)
 }
 

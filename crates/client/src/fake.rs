@@ -31,6 +31,9 @@ pub(crate) struct FakeState {
     pub(crate) parents: HashMap<Ino, Ino>,
     pub(crate) extents: HashMap<Ino, BTreeMap<u64, Extent>>,
     pub(crate) chunks: HashMap<ChunkId, Vec<u8>>,
+    /// Chunks that came inline with a `Write` (also in `chunks`); `Extents` replies carry
+    /// their bodies.
+    pub(crate) inline: HashSet<ChunkId>,
     pub(crate) links: HashMap<Ino, Vec<u8>>,
     pub(crate) xattrs: HashMap<Ino, BTreeMap<Vec<u8>, Vec<u8>>>,
     pub(crate) orphans: HashSet<Ino>,
@@ -210,7 +213,22 @@ impl FakeState {
                     .take(self.extents_page_max)
                     .copied()
                     .collect();
-                Ok(MetaReply::Extents { attr, extents })
+                let mut ids: Vec<ChunkId> = extents
+                    .iter()
+                    .map(|e| e.chunk)
+                    .filter(|c| self.inline.contains(c))
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                let inline = ids
+                    .iter()
+                    .filter_map(|c| self.chunks.get(c).cloned())
+                    .collect();
+                Ok(MetaReply::Extents {
+                    attr,
+                    extents,
+                    inline,
+                })
             }
             MetaQuery::GetXattr { ino, name } => self
                 .xattrs
@@ -293,7 +311,12 @@ impl FakeState {
                 attr.ctime = now;
                 Ok(MetaReply::Attr(attr.clone()))
             }
-            MetaOp::Write { ino, extents, .. } => self.write(*ino, extents),
+            MetaOp::Write {
+                ino,
+                extents,
+                inline,
+                ..
+            } => self.write(*ino, extents, inline),
             MetaOp::Reap { ino } => {
                 if !self.orphans.remove(ino) {
                     return Err(err(ErrorCode::InvalidArgument));
@@ -432,9 +455,21 @@ impl FakeState {
         }
     }
 
-    fn write(&mut self, ino: Ino, extents: &[Extent]) -> Result<MetaReply, RpcError> {
+    fn write(
+        &mut self,
+        ino: Ino,
+        extents: &[Extent],
+        inline: &[Vec<u8>],
+    ) -> Result<MetaReply, RpcError> {
         if !self.attrs.contains_key(&ino) {
             return Err(err(ErrorCode::NotFound));
+        }
+        for body in inline {
+            let id = ChunkId::of(body);
+            if !self.chunks.contains_key(&id) {
+                self.inline.insert(id);
+            }
+            self.chunks.insert(id, body.clone());
         }
         for e in extents {
             if !self.chunks.contains_key(&e.chunk) {

@@ -10,7 +10,7 @@ use plait_proto::{
 use crate::keys;
 use crate::read;
 use crate::records::{
-    DentryRec, ExtentRec, HealRec, InodeRec, OrphanRec, VolumeRec, decode, encode,
+    DentryRec, ExtentRec, HealRec, InlineChunkRec, InodeRec, OrphanRec, VolumeRec, decode, encode,
 };
 use crate::txn::Txn;
 use crate::validate;
@@ -90,9 +90,10 @@ impl<R: KvRead> Applier<'_, R> {
                 extents,
                 under_replicated,
                 session,
+                inline,
             } => {
                 self.check_writer(*session)?;
-                self.write(*ino, extents, under_replicated)
+                self.write(*ino, extents, under_replicated, inline)
             }
             MetaOp::SetXattr {
                 ino,
@@ -240,6 +241,12 @@ impl<R: KvRead> Applier<'_, R> {
 
     /// One more extent references `chunk`; a chunk leaving the garbage set is taken out.
     fn chunk_incref(&mut self, chunk: &ChunkId) -> OpResult<()> {
+        if let Some(mut rec) = read::inline_chunk(&self.txn, chunk)? {
+            rec.refs = rec.refs.checked_add(1).ok_or_else(|| {
+                StoreError::Corrupt(format!("reference count of chunk {chunk} overflows"))
+            })?;
+            return self.put(keys::inline_chunk(chunk), &rec);
+        }
         let n = read::refcount(&self.txn, chunk)?;
         if n == 0 && self.txn.get(&keys::garbage(chunk))?.is_some() {
             self.txn.delete(keys::garbage(chunk));
@@ -250,8 +257,34 @@ impl<R: KvRead> Applier<'_, R> {
         self.put(keys::chunk_ref(chunk), &n)
     }
 
-    /// One extent fewer references `chunk`; at zero its count goes and it becomes garbage.
+    /// A new extent references the chunk whose bytes are `body`, which the writer did not
+    /// upload: the chunk is kept inline unless it is already known (inline, or stored on
+    /// data nodes by an earlier write of the same bytes).
+    fn chunk_incref_inline(&mut self, chunk: &ChunkId, body: &[u8]) -> OpResult<()> {
+        let known = read::inline_chunk(&self.txn, chunk)?.is_some()
+            || read::refcount(&self.txn, chunk)? > 0;
+        if known {
+            return self.chunk_incref(chunk);
+        }
+        let rec = InlineChunkRec {
+            refs: 1,
+            body: body.to_vec(),
+        };
+        self.put(keys::inline_chunk(chunk), &rec)
+    }
+
+    /// One extent fewer references `chunk`; at zero its count goes and it becomes garbage
+    /// (an inline chunk simply goes: no data node holds it).
     fn chunk_decref(&mut self, chunk: &ChunkId) -> OpResult<()> {
+        if let Some(mut rec) = read::inline_chunk(&self.txn, chunk)? {
+            debug_assert!(rec.refs > 0, "inline chunk {chunk} with no references");
+            if rec.refs <= 1 {
+                self.txn.delete(keys::inline_chunk(chunk));
+                return Ok(());
+            }
+            rec.refs -= 1;
+            return self.put(keys::inline_chunk(chunk), &rec);
+        }
         match read::refcount(&self.txn, chunk)? {
             0 => Err(StoreError::Corrupt(format!(
                 "reference count of chunk {chunk} would go below zero"
@@ -548,11 +581,15 @@ impl<R: KvRead> Applier<'_, R> {
         ino: Ino,
         extents: &[Extent],
         under_replicated: &[MissingCopy],
+        inline: &[Vec<u8>],
     ) -> OpResult<MetaReply> {
         let rec = read::require_inode(&self.txn, ino)?;
         read::require_file(&rec, ino)?;
         let extents = validate::write_extents(extents)?;
-        validate::missing_copies(under_replicated, |c| extents.iter().any(|e| e.chunk == *c))?;
+        let bodies = validate::inline_bodies(inline, &extents)?;
+        validate::missing_copies(under_replicated, |c| {
+            extents.iter().any(|e| e.chunk == *c) && !bodies.contains_key(c)
+        })?;
         for copy in under_replicated {
             self.record_missing(copy)?;
         }
@@ -562,7 +599,10 @@ impl<R: KvRead> Applier<'_, R> {
         // Take the new references first, so a chunk both released and re-referenced by
         // this write never passes through zero.
         for e in &extents {
-            self.chunk_incref(&e.chunk)?;
+            match bodies.get(&e.chunk) {
+                Some(body) => self.chunk_incref_inline(&e.chunk, body)?,
+                None => self.chunk_incref(&e.chunk)?,
+            }
         }
         let mut released = 0u64;
         let mut added = 0u64;

@@ -15,6 +15,9 @@ pub(crate) const EXTENT: u8 = b'E';
 pub(crate) const XATTR: u8 = b'X';
 /// Chunk reference count: `C` + chunk id.
 pub(crate) const CHUNK_REF: u8 = b'C';
+/// Inline chunk (body and reference count of a chunk kept in the metadata group instead
+/// of on data nodes): `B` + chunk id. A chunk has a `B` key or a `C` key, never both.
+pub(crate) const INLINE_CHUNK: u8 = b'B';
 /// Garbage chunk: `G` + chunk id.
 pub(crate) const GARBAGE: u8 = b'G';
 /// Volume: `V` + name.
@@ -118,6 +121,11 @@ fn with_chunk(tag: u8, chunk: &ChunkId) -> Vec<u8> {
 /// Key of a chunk's reference count.
 pub(crate) fn chunk_ref(chunk: &ChunkId) -> Vec<u8> {
     with_chunk(CHUNK_REF, chunk)
+}
+
+/// Key of an inline chunk.
+pub(crate) fn inline_chunk(chunk: &ChunkId) -> Vec<u8> {
+    with_chunk(INLINE_CHUNK, chunk)
 }
 
 /// Key of a file's lock table.

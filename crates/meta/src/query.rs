@@ -2,8 +2,8 @@
 //! and scrub workers.
 
 use plait_proto::{
-    ChunkId, DirEntry, ErrorCode, Extent, FileKind, FsStats, HealEntry, HealNodeSummary, Ino,
-    MetaQuery, MetaReply, NodeId, RpcError, Timestamp, VolumeInfo,
+    ChunkId, DirEntry, ErrorCode, Extent, FileKind, FsStats, HealEntry, HealNodeSummary,
+    INLINE_BATCH_MAX_BYTES, Ino, MetaQuery, MetaReply, NodeId, RpcError, Timestamp, VolumeInfo,
 };
 
 use plait_proto::lock::{
@@ -166,11 +166,28 @@ fn extents(r: &impl KvRead, ino: Ino, offset: u64, len: u64) -> OpResult<MetaRep
     read::require_file(&rec, ino)?;
     let end = offset.saturating_add(len);
     let mut out = Vec::new();
+    let mut inline: Vec<Vec<u8>> = Vec::new();
+    let mut inline_ids: Vec<ChunkId> = Vec::new();
+    let mut inline_bytes = 0usize;
     let mut overlapping = read::Overlapping::new(ino, offset, end);
     while out.len() < EXTENTS_MAX_PER_QUERY {
         let Some(e) = overlapping.next(r)? else {
             break;
         };
+        if !inline_ids.contains(&e.rec.chunk)
+            && let Some(chunk) = read::inline_chunk(r, &e.rec.chunk)?
+        {
+            // A shorter reply rather than one past the bound; the reader asks again from
+            // the end of the last extent it got.
+            if !out.is_empty()
+                && inline_bytes.saturating_add(chunk.body.len()) > INLINE_BATCH_MAX_BYTES
+            {
+                break;
+            }
+            inline_bytes = inline_bytes.saturating_add(chunk.body.len());
+            inline_ids.push(e.rec.chunk);
+            inline.push(chunk.body);
+        }
         out.push(Extent {
             file_offset: e.start,
             len: e.rec.len,
@@ -181,6 +198,7 @@ fn extents(r: &impl KvRead, ino: Ino, offset: u64, len: u64) -> OpResult<MetaRep
     Ok(MetaReply::Extents {
         attr: rec.attr(ino),
         extents: out,
+        inline,
     })
 }
 

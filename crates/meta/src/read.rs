@@ -7,7 +7,7 @@ use plait_proto::{ChunkId, ErrorCode, FileKind, Ino};
 use serde::de::DeserializeOwned;
 
 use crate::keys;
-use crate::records::{DentryRec, ExtentRec, InodeRec, decode};
+use crate::records::{DentryRec, ExtentRec, InlineChunkRec, InodeRec, decode};
 use crate::{KvEntry, KvRead, OpResult, StoreError, refuse};
 
 /// Entries fetched per page by full scans.
@@ -104,6 +104,14 @@ pub(crate) fn counter(r: &impl KvRead, name: &[u8]) -> Result<u64, StoreError> {
 /// How many extents reference `chunk` (0 when it has no `C` key).
 pub(crate) fn refcount(r: &impl KvRead, chunk: &ChunkId) -> Result<u64, StoreError> {
     Ok(get(r, &keys::chunk_ref(chunk))?.unwrap_or(0))
+}
+
+/// The inline record of `chunk`, if it is kept in the metadata group.
+pub(crate) fn inline_chunk(
+    r: &impl KvRead,
+    chunk: &ChunkId,
+) -> Result<Option<InlineChunkRec>, StoreError> {
+    get(r, &keys::inline_chunk(chunk))
 }
 
 /// True if directory `ino` has no entries.

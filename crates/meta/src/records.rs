@@ -107,6 +107,17 @@ pub(crate) struct ExtentRec {
     pub chunk_offset: u64,
 }
 
+/// A chunk kept in the metadata group (`B` key): its bytes and how many extents
+/// reference it. Deleted when the count reaches zero (no garbage entry: no data node has
+/// a copy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InlineChunkRec {
+    /// Extents referencing the chunk, > 0.
+    pub refs: u64,
+    /// The chunk's bytes, at most [`plait_proto::INLINE_CHUNK_MAX_BYTES`].
+    pub body: Vec<u8>,
+}
+
 /// A volume (`V` key, which holds the name).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct VolumeRec {

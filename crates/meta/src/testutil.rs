@@ -183,6 +183,7 @@ impl Fs {
             extents: extents.to_vec(),
             under_replicated: Vec::new(),
             session: None,
+            inline: Vec::new(),
         })
     }
 
@@ -309,6 +310,8 @@ pub(crate) struct State {
     pub xattrs: BTreeSet<Ino>,
     pub refs: BTreeMap<ChunkId, u64>,
     pub garbage: BTreeSet<ChunkId>,
+    /// Chunks kept inline (their reference counts are in `refs` too).
+    pub inline: BTreeSet<ChunkId>,
     pub volumes: BTreeMap<String, VolumeRec>,
     pub orphans: BTreeSet<Ino>,
     pub counters: BTreeMap<Vec<u8>, u64>,
@@ -356,8 +359,32 @@ impl State {
                     s.xattrs.insert(ino_of(k));
                 }
                 keys::CHUNK_REF => {
-                    s.refs
-                        .insert(keys::chunk_of(k).unwrap(), decode(k, v).unwrap());
+                    let id = keys::chunk_of(k).unwrap();
+                    assert!(
+                        s.refs.insert(id, decode(k, v).unwrap()).is_none(),
+                        "chunk {id:?} both inline and on data nodes"
+                    );
+                }
+                keys::INLINE_CHUNK => {
+                    let rec: crate::records::InlineChunkRec = decode(k, v).unwrap();
+                    let id = keys::chunk_of(k).unwrap();
+                    assert!(rec.refs > 0, "inline chunk {id:?} kept with no references");
+                    assert!(
+                        !rec.body.is_empty()
+                            && rec.body.len() <= plait_proto::INLINE_CHUNK_MAX_BYTES,
+                        "inline chunk {id:?} of {} bytes",
+                        rec.body.len()
+                    );
+                    assert_eq!(
+                        ChunkId::of(&rec.body),
+                        id,
+                        "inline chunk body does not hash to its key"
+                    );
+                    s.inline.insert(id);
+                    assert!(
+                        s.refs.insert(id, rec.refs).is_none(),
+                        "chunk {id:?} both inline and on data nodes"
+                    );
                 }
                 keys::GARBAGE => {
                     let _: Timestamp = decode(k, v).unwrap();

@@ -1,9 +1,12 @@
 //! Checks of client-supplied arguments, with the errno Linux gives for each violation.
 
+use std::collections::BTreeMap;
+
 use plait_proto::meta::NewKind;
 use plait_proto::{
-    CHUNK_MAX_BYTES, ChunkId, ErrorCode, Extent, FILE_MAX_BYTES, MissingCopy, NAME_MAX_BYTES,
-    SYMLINK_MAX_BYTES, XATTR_NAME_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
+    CHUNK_MAX_BYTES, ChunkId, ErrorCode, Extent, FILE_MAX_BYTES, INLINE_BATCH_MAX_BYTES,
+    INLINE_CHUNK_MAX_BYTES, MissingCopy, NAME_MAX_BYTES, SYMLINK_MAX_BYTES, XATTR_NAME_MAX_BYTES,
+    XATTR_VALUE_MAX_BYTES,
 };
 
 use crate::{
@@ -156,6 +159,62 @@ pub(crate) fn write_extents(extents: &[Extent]) -> OpResult<Vec<Extent>> {
         }
     }
     Ok(sorted)
+}
+
+/// The inline chunk bodies of one `Write`, by chunk id: each at most
+/// [`INLINE_CHUNK_MAX_BYTES`], [`INLINE_BATCH_MAX_BYTES`] in all, each referenced by one of
+/// `extents` and long enough for every extent that references it.
+pub(crate) fn inline_bodies<'a>(
+    bodies: &'a [Vec<u8>],
+    extents: &[Extent],
+) -> OpResult<BTreeMap<ChunkId, &'a [u8]>> {
+    let total_bytes: usize = bodies.iter().map(Vec::len).sum();
+    if bodies.len() > extents.len() || total_bytes > INLINE_BATCH_MAX_BYTES {
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            format!(
+                "{} inline chunks of {total_bytes} bytes for {} extents (at most one per extent, {INLINE_BATCH_MAX_BYTES} bytes)",
+                bodies.len(),
+                extents.len()
+            ),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for body in bodies {
+        if body.is_empty() || body.len() > INLINE_CHUNK_MAX_BYTES {
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "inline chunk of {} bytes (1..={INLINE_CHUNK_MAX_BYTES})",
+                    body.len()
+                ),
+            ));
+        }
+        out.insert(ChunkId::of(body), body.as_slice());
+    }
+    for (id, body) in &out {
+        let mut used = false;
+        for e in extents.iter().filter(|e| e.chunk == *id) {
+            used = true;
+            if e.chunk_offset.saturating_add(e.len) > body.len() as u64 {
+                return Err(refuse(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "extent at {} reaches past the end of inline chunk {id} ({} bytes)",
+                        e.file_offset,
+                        body.len()
+                    ),
+                ));
+            }
+        }
+        if !used {
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                format!("inline chunk {id} is referenced by no extent of the write"),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 fn one_extent(e: &Extent) -> OpResult<()> {

@@ -27,6 +27,17 @@ pub const CHUNK_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Largest encoded frame a peer accepts, in bytes: one full chunk plus room for headers.
 pub const FRAME_MAX_BYTES: usize = CHUNK_MAX_BYTES + 64 * 1024;
 
+/// Largest chunk kept in the metadata group instead of on data nodes ("inline"), in
+/// bytes. A flush stores a piece this small as part of its `Write` commit: one Raft commit
+/// instead of a chunk upload to every placed node plus a commit, and a read gets the bytes
+/// with the extent map instead of from a data node. Inline bytes are as durable as
+/// metadata (a majority of voters), whatever the volume's replica count.
+pub const INLINE_CHUNK_MAX_BYTES: usize = 32 * 1024;
+
+/// Most inline chunk bytes one `Write` carries or one `Extents` reply returns, in bytes
+/// (bounds a Raft entry and a reply frame well under [`FRAME_MAX_BYTES`]).
+pub const INLINE_BATCH_MAX_BYTES: usize = 1024 * 1024;
+
 /// Longest file name component, in bytes (as on Linux).
 pub const NAME_MAX_BYTES: usize = 255;
 

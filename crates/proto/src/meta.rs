@@ -171,6 +171,10 @@ pub enum MetaOp {
         /// The writer's session, if it has one: the write is refused (fencing) if that
         /// session expired, since the writer may believe it holds locks it lost.
         session: Option<SessionId>,
+        /// Bodies of chunks small enough to live in the metadata group
+        /// ([`crate::INLINE_CHUNK_MAX_BYTES`] each, [`crate::INLINE_BATCH_MAX_BYTES`] in
+        /// all), each referenced by an extent of this write and not uploaded to data nodes.
+        inline: Vec<Vec<u8>>,
     },
     /// Set an extended attribute.
     SetXattr {
@@ -552,6 +556,11 @@ pub enum MetaReply {
         attr: Attr,
         /// Extents overlapping the requested range, in offset order.
         extents: Vec<Extent>,
+        /// Bodies of the inline chunks (kept in the metadata group, see
+        /// [`crate::INLINE_CHUNK_MAX_BYTES`]) these extents reference, each once; the
+        /// reader names them by hashing. The reply holds fewer extents rather than more
+        /// than [`crate::INLINE_BATCH_MAX_BYTES`] of bodies.
+        inline: Vec<Vec<u8>>,
     },
     /// An extended attribute value.
     Xattr(Vec<u8>),

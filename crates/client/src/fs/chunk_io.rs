@@ -125,6 +125,12 @@ impl ChunkIo {
         Ok(stored)
     }
 
+    /// Caches `data` as chunk `id` (bytes this mount committed inline, which reads of
+    /// other windows may need again). The caller guarantees that `data` hashes to `id`.
+    pub(crate) fn remember(&self, id: ChunkId, data: ChunkData) {
+        self.cache.insert(id, data);
+    }
+
     /// The chunk cache (for statistics and tests).
     pub(crate) fn cache(&self) -> &ChunkCache {
         &self.cache

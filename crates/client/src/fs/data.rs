@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use plait_proto::meta::{NewKind, SetAttr, TimeSet};
 use plait_proto::{
-    Attr, CHUNK_MAX_BYTES, ErrorCode, Extent, FILE_MAX_BYTES, Ino, MetaOp, MetaQuery, MetaReply,
-    MissingCopy,
+    Attr, CHUNK_MAX_BYTES, ChunkId, ErrorCode, Extent, FILE_MAX_BYTES, INLINE_BATCH_MAX_BYTES,
+    INLINE_CHUNK_MAX_BYTES, Ino, MetaOp, MetaQuery, MetaReply, MissingCopy,
 };
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use super::cache::ChunkData;
 use super::dirty::DirtyBuffer;
 use super::extents::{ExtentWindow, assemble, chunks_needed, window_for};
 use super::inode::InodeEntry;
@@ -202,12 +203,20 @@ impl PlaitFs {
         if offset >= committed_end {
             return Ok(Vec::new());
         }
-        let ids = chunks_needed(&window.extents, offset, committed_end);
-        let chunks = if ids.is_empty() {
+        let (inline, remote): (Vec<ChunkId>, Vec<ChunkId>) =
+            chunks_needed(&window.extents, offset, committed_end)
+                .into_iter()
+                .partition(|id| window.inline.contains_key(id));
+        let mut chunks = if remote.is_empty() {
             HashMap::new()
         } else {
-            self.chunks.get_many(ids).await?
+            self.chunks.get_many(remote).await?
         };
+        for id in inline {
+            if let Some(data) = window.inline.get(&id) {
+                chunks.insert(id, data.clone());
+            }
+        }
         let len = (committed_end - offset) as usize;
         Ok(assemble(offset, len, &window.extents, &chunks)?)
     }
@@ -235,6 +244,7 @@ impl PlaitFs {
     /// the service returns full pages (it caps the extents per reply).
     async fn fetch_window(&self, ino: Ino, start: u64, end: u64) -> Result<ExtentWindow, FsError> {
         let mut extents: Vec<Extent> = Vec::new();
+        let mut inline: HashMap<ChunkId, ChunkData> = HashMap::new();
         let mut cursor = start;
         loop {
             let reply = self
@@ -248,10 +258,15 @@ impl PlaitFs {
             let MetaReply::Extents {
                 attr,
                 extents: page,
+                inline: bodies,
             } = reply
             else {
                 return Err(unexpected("Extents", &reply));
             };
+            // Named by hashing, so a body is only ever used as the bytes of its own id.
+            for body in bodies {
+                inline.insert(ChunkId::of(&body), Arc::new(body));
+            }
             let next = page.last().map_or(cursor, Extent::end);
             extents.extend(page.into_iter().filter(|e| e.end() > cursor));
             if next <= cursor || next >= end || next >= attr.size {
@@ -260,6 +275,7 @@ impl PlaitFs {
                     end,
                     size: attr.size,
                     extents,
+                    inline,
                 });
             }
             cursor = next;
@@ -477,41 +493,57 @@ impl PlaitFs {
         self.account(before, st.held_bytes());
     }
 
-    /// Uploads the pieces of `snapshot` and commits their extents in `Write` ops of at most
-    /// [`WRITE_EXTENTS_MAX`] extents.
+    /// Stores the pieces of `snapshot` (small ones inline, the rest as chunks on data
+    /// nodes) and commits their extents in `Write` ops of at most [`WRITE_EXTENTS_MAX`]
+    /// extents and [`INLINE_BATCH_MAX_BYTES`] of inline bytes.
     async fn upload_and_commit(
         &self,
         ino: Ino,
         snapshot: &Arc<DirtyBuffer>,
     ) -> Result<(), FsError> {
         let session = self.write_session(ino)?;
-        let uploaded = self.upload(snapshot).await?;
-        for batch in uploaded.chunks(WRITE_EXTENTS_MAX) {
+        let stored = self.upload(snapshot).await?;
+        for batch in write_batches(&stored) {
             // Copies not acknowledged by now go into the heal index with this commit.
             let mut under_replicated: Vec<MissingCopy> = batch
                 .iter()
-                .flat_map(|(_, stored)| stored.missing())
+                .filter_map(|(_, s)| match s {
+                    Stored::Nodes(chunk) => Some(chunk.missing()),
+                    Stored::Inline(_) => None,
+                })
+                .flatten()
                 .collect();
             under_replicated.sort_by_key(|m| (m.node, m.chunk));
             under_replicated.dedup_by_key(|m| (m.node, m.chunk));
+            let mut inline: Vec<(ChunkId, &ChunkData)> = batch
+                .iter()
+                .filter_map(|(e, s)| match s {
+                    Stored::Inline(body) => Some((e.chunk, body)),
+                    Stored::Nodes(_) => None,
+                })
+                .collect();
+            inline.sort_by_key(|(id, _)| *id);
+            inline.dedup_by_key(|(id, _)| *id);
             self.client
                 .meta(MetaOp::Write {
                     ino,
                     extents: batch.iter().map(|(e, _)| *e).collect(),
                     under_replicated,
                     session,
+                    inline: inline.iter().map(|(_, b)| b.to_vec()).collect(),
                 })
                 .await?;
+            for (id, body) in inline {
+                self.chunks.remember(id, body.clone());
+            }
         }
         Ok(())
     }
 
-    /// Stores every piece of `snapshot` as a chunk, [`PUT_IN_FLIGHT_MAX`] at a time, and
-    /// returns the extents in offset order, each with its stored chunk.
-    async fn upload(
-        &self,
-        snapshot: &Arc<DirtyBuffer>,
-    ) -> Result<Vec<(Extent, StoredChunk)>, FsError> {
+    /// Stores every piece of `snapshot`: pieces of at most [`INLINE_CHUNK_MAX_BYTES`] are
+    /// only hashed (they travel inline with the commit), larger ones are uploaded as chunks,
+    /// [`PUT_IN_FLIGHT_MAX`] at a time. Returns the extents in offset order.
+    async fn upload(&self, snapshot: &Arc<DirtyBuffer>) -> Result<Vec<(Extent, Stored)>, FsError> {
         let pieces = snapshot.pieces(CHUNK_MAX_BYTES as u64);
         let mut extents = Vec::with_capacity(pieces.len());
         let mut set = JoinSet::new();
@@ -523,16 +555,20 @@ impl PlaitFs {
                     .piece_bytes(piece)
                     .ok_or_else(|| FsError::code(ErrorCode::Io, "flush piece outside its buffer"))?
                     .to_vec();
+                let extent = move |chunk| Extent {
+                    file_offset: piece.file_offset,
+                    len: piece.len,
+                    chunk,
+                    chunk_offset: 0,
+                };
+                if data.len() <= INLINE_CHUNK_MAX_BYTES {
+                    extents.push((extent(ChunkId::of(&data)), Stored::Inline(Arc::new(data))));
+                    continue;
+                }
                 let chunks = self.chunks.clone();
                 set.spawn(async move {
                     let stored = chunks.put(data).await?;
-                    let extent = Extent {
-                        file_offset: piece.file_offset,
-                        len: piece.len,
-                        chunk: stored.id,
-                        chunk_offset: 0,
-                    };
-                    Ok::<_, FsError>((extent, stored))
+                    Ok::<_, FsError>((extent(stored.id), Stored::Nodes(stored)))
                 });
             }
             let Some(joined) = set.join_next().await else {
@@ -546,6 +582,40 @@ impl PlaitFs {
         extents.sort_by_key(|(e, _)| e.file_offset);
         Ok(extents)
     }
+}
+
+/// Where a flushed piece's bytes went.
+enum Stored {
+    /// Uploaded to data nodes.
+    Nodes(StoredChunk),
+    /// Small enough to travel with the commit and live in the metadata group.
+    Inline(ChunkData),
+}
+
+/// Cuts a flush's extents into `Write` batches of at most [`WRITE_EXTENTS_MAX`] extents and
+/// [`INLINE_BATCH_MAX_BYTES`] of inline bodies.
+fn write_batches(stored: &[(Extent, Stored)]) -> Vec<&[(Extent, Stored)]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut inline_bytes = 0usize;
+    for (i, (_, s)) in stored.iter().enumerate() {
+        let bytes = match s {
+            Stored::Inline(body) => body.len(),
+            Stored::Nodes(_) => 0,
+        };
+        let full = i - start >= WRITE_EXTENTS_MAX
+            || (i > start && inline_bytes.saturating_add(bytes) > INLINE_BATCH_MAX_BYTES);
+        if full {
+            out.push(&stored[start..i]);
+            start = i;
+            inline_bytes = 0;
+        }
+        inline_bytes = inline_bytes.saturating_add(bytes);
+    }
+    if start < stored.len() {
+        out.push(&stored[start..]);
+    }
+    out
 }
 
 /// Moves the dirty bytes of `entry` to `flushing` and returns them, if there are any.

@@ -24,6 +24,9 @@ pub struct ExtentWindow {
     pub size: u64,
     /// Extents overlapping `[start, end)`, in offset order.
     pub extents: Vec<Extent>,
+    /// Bytes of the inline chunks (kept in the metadata group) these extents reference,
+    /// as they came with the extents; every other chunk is read from data nodes.
+    pub inline: HashMap<ChunkId, ChunkData>,
 }
 
 impl ExtentWindow {
@@ -185,6 +188,7 @@ mod tests {
             end: w,
             size: 0,
             extents: vec![],
+            inline: HashMap::new(),
         };
         assert!(win.covers(0, w));
         assert!(!win.covers(1, w + 1));

@@ -1,7 +1,7 @@
 //! End-to-end tests of [`PlaitFs`] against the in-memory fake cluster.
 
 use plait_proto::meta::{NewKind, SetAttr};
-use plait_proto::{CHUNK_MAX_BYTES, ErrorCode, Ino};
+use plait_proto::{CHUNK_MAX_BYTES, ErrorCode, INLINE_CHUNK_MAX_BYTES, Ino};
 
 use super::*;
 use crate::fake::{self, Fake, ROOT};
@@ -141,20 +141,54 @@ async fn a_failed_flush_keeps_the_bytes_and_reports_the_error() {
     let fake = fake::new_fake();
     let fs = mount(&fake, FsConfig::default()).await;
     let (ino, fh) = new_file(&fs, "f").await;
-    fs.write(ino, fh, 0, b"precious").await.unwrap();
+    // Larger than an inline chunk, so the flush uploads to data nodes.
+    let mut data = b"precious".to_vec();
+    data.resize(INLINE_CHUNK_MAX_BYTES + 1, b'.');
+    fs.write(ino, fh, 0, &data).await.unwrap();
     state(&fake).fail_puts = Some(ErrorCode::NoSpace);
     let err = fs.flush(ino).await.unwrap_err();
     assert_eq!(err.errno(), libc::ENOSPC);
     // Writes that arrived meanwhile win over the restored bytes.
     fs.write(ino, fh, 0, b"P").await.unwrap();
-    assert_eq!(fs.read(ino, fh, 0, 100).await.unwrap(), b"Precious");
-    assert_eq!(fs.dirty_total_bytes(), 8);
+    assert_eq!(fs.read(ino, fh, 0, 8).await.unwrap(), b"Precious");
+    assert_eq!(fs.dirty_total_bytes(), data.len() as u64);
     // Close reports the error too, and the bytes survive it.
     assert!(fs.release(ino, fh).await.is_err());
     state(&fake).fail_puts = None;
     fs.flush(ino).await.unwrap();
-    assert_eq!(state(&fake).file_bytes(ino), b"Precious");
+    data[0] = b'P';
+    assert_eq!(state(&fake).file_bytes(ino), data);
     assert_eq!(fs.dirty_total_bytes(), 0);
+}
+
+#[tokio::test]
+async fn small_pieces_commit_inline_and_read_back_without_a_chunk_fetch() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&fs, "f").await;
+    // A chunk upload would fail: small pieces must not need one.
+    state(&fake).fail_puts = Some(ErrorCode::NoSpace);
+    fs.write(ino, fh, 0, b"small file").await.unwrap();
+    fs.write(ino, fh, 100, &[7u8; INLINE_CHUNK_MAX_BYTES - 100])
+        .await
+        .unwrap();
+    fs.release(ino, fh).await.unwrap();
+    assert_eq!(state(&fake).writes, vec![(ino, 2)]);
+    assert_eq!(state(&fake).inline.len(), 2);
+    // Another mount reads it with the extents, fetching no chunk from a node.
+    let other = mount(&fake, FsConfig::default()).await;
+    let fh = other.open(ino, false).await.unwrap();
+    let got = other.read(ino, fh, 0, 200).await.unwrap();
+    assert_eq!(&got[..10], b"small file");
+    assert_eq!(&got[10..100], &[0u8; 90][..]);
+    assert_eq!(&got[100..], &[7u8; 100][..]);
+    assert_eq!(state(&fake).chunk_gets, 0);
+    // One byte over the bound goes to the data nodes (and fails here).
+    let (big, fh) = new_file(&fs, "big").await;
+    fs.write(big, fh, 0, &vec![1u8; INLINE_CHUNK_MAX_BYTES + 1])
+        .await
+        .unwrap();
+    assert_eq!(fs.flush(big).await.unwrap_err().errno(), libc::ENOSPC);
 }
 
 #[tokio::test]

@@ -120,6 +120,7 @@ fn an_expired_session_loses_its_locks_and_its_writes_are_fenced() {
         extents: vec![ext(0, 10, 1)],
         under_replicated: Vec::new(),
         session: Some(session),
+        inline: Vec::new(),
     };
     assert_eq!(code(fs.exec(write(a))), ErrorCode::SessionExpired);
     assert_eq!(

@@ -44,6 +44,33 @@ fn data_op() -> impl Strategy<Value = DataOp> {
     ]
 }
 
+/// Chunk numbers from this one on are inline chunks (their bytes travel with the write).
+const FIRST_INLINE: u8 = 3;
+
+/// The bytes of inline chunk `c` (long enough for every piece: offset < 16, len < 24).
+fn inline_body(c: u8) -> Vec<u8> {
+    vec![c; 40]
+}
+
+/// The id of chunk number `c` in the data test.
+fn data_chunk(c: u8) -> ChunkId {
+    if c >= FIRST_INLINE {
+        ChunkId::of(&inline_body(c))
+    } else {
+        chunk(c)
+    }
+}
+
+/// The inline bodies a write of `pieces` carries (each inline chunk once).
+fn inline_of(pieces: &[(u64, u64, u8, u64)]) -> Vec<Vec<u8>> {
+    let cs: BTreeSet<u8> = pieces
+        .iter()
+        .map(|p| p.2)
+        .filter(|c| *c >= FIRST_INLINE)
+        .collect();
+    cs.into_iter().map(inline_body).collect()
+}
+
 fn extents_of(pieces: &[(u64, u64, u8, u64)]) -> Vec<Extent> {
     let mut at = 0;
     pieces
@@ -52,7 +79,7 @@ fn extents_of(pieces: &[(u64, u64, u8, u64)]) -> Vec<Extent> {
             let e = Extent {
                 file_offset: at + gap,
                 len,
-                chunk: chunk(c),
+                chunk: data_chunk(c),
                 chunk_offset,
             };
             at = e.end();
@@ -128,7 +155,14 @@ impl DataRun {
             DataOp::Write(f, pieces) => {
                 let ino = self.inos[*f];
                 let extents = extents_of(pieces);
-                if self.fs.write(ino, &extents).is_ok() {
+                let write = MetaOp::Write {
+                    ino,
+                    extents: extents.clone(),
+                    under_replicated: Vec::new(),
+                    session: None,
+                    inline: inline_of(pieces),
+                };
+                if self.fs.exec(write).is_ok() {
                     model_write(self.model.get_mut(&ino).unwrap(), &extents);
                 }
             }
@@ -164,9 +198,23 @@ impl DataRun {
                     assert!(reply.is_err(), "extents of reaped {ino}: {reply:?}");
                     return;
                 }
-                let Ok(MetaReply::Extents { extents, .. }) = reply else {
+                let Ok(MetaReply::Extents {
+                    extents, inline, ..
+                }) = reply
+                else {
                     panic!("extents of {ino}: {reply:?}")
                 };
+                // Every inline chunk the reply's extents use comes with it, once, and
+                // nothing else does.
+                let sent: Vec<ChunkId> = inline.iter().map(|b| ChunkId::of(b)).collect();
+                let sent_set: BTreeSet<ChunkId> = sent.iter().copied().collect();
+                assert_eq!(sent.len(), sent_set.len(), "an inline body sent twice");
+                let used: BTreeSet<ChunkId> = extents
+                    .iter()
+                    .map(|e| e.chunk)
+                    .filter(|c| (FIRST_INLINE..6).any(|n| data_chunk(n) == *c))
+                    .collect();
+                assert_eq!(sent_set, used, "inline bodies of extents of {ino}");
                 let end = offset.saturating_add(*len);
                 let want: Vec<_> = self
                     .fs
@@ -263,6 +311,7 @@ fn any_op() -> impl Strategy<Value = MetaOp> {
             extents: vec![Extent { file_offset: off, len, chunk: chunk(c), chunk_offset: 0 }],
             under_replicated: vec![plait_proto::MissingCopy { chunk: chunk(c), node: 2, size_bytes: len }],
             session: None,
+            inline: Vec::new(),
         }),
         1 => (ino(), 0u64..80).prop_map(|(ino, size)| MetaOp::SetAttr {
             ino, set: SetAttr { size: Some(size), ..SetAttr::default() }
@@ -406,6 +455,7 @@ fn resolve(fs: &Fs, op: &PickedOp) -> Option<MetaOp> {
             }],
             under_replicated: Vec::new(),
             session: None,
+            inline: Vec::new(),
         },
         PickedOp::Truncate(x, size) => MetaOp::SetAttr {
             ino: pick(&files, x).or_else(|| pick(&inos, x))?,

@@ -1024,6 +1024,7 @@ fn writes_read_only_the_extents_they_overlap() {
                 extents: vec![new],
                 under_replicated: Vec::new(),
                 session: None,
+                inline: Vec::new(),
             },
         );
         assert!(entries < 40, "write {new:?} read {entries} entries");
@@ -1352,6 +1353,7 @@ fn every_value_of_a_store_of_noise_fails_cleanly() {
             extents: vec![ext(5, 10, 2)],
             under_replicated: Vec::new(),
             session: None,
+            inline: Vec::new(),
         },
         MetaOp::Reap { ino: f },
         MetaOp::CreateVolume {
@@ -1492,6 +1494,7 @@ fn write_records_under_replicated_copies_in_the_same_commit() {
         extents: vec![ext(0, 10, 1), ext(10, 10, 2)],
         under_replicated: vec![missing(1, 3), missing(2, 3), missing(2, 2)],
         session: None,
+        inline: Vec::new(),
     })
     .unwrap();
     let p3 = pending(&fs, 3);
@@ -1517,6 +1520,7 @@ fn write_records_under_replicated_copies_in_the_same_commit() {
                 extents: vec![ext(0, 10, 1)],
                 under_replicated: vec![bad],
                 session: None,
+                inline: Vec::new(),
             })),
             ErrorCode::InvalidArgument
         );
@@ -1533,6 +1537,7 @@ fn heal_done_removes_only_the_entry_the_node_saw() {
         extents: vec![ext(0, 10, 1), ext(10, 10, 2)],
         under_replicated: vec![missing(1, 3), missing(2, 3)],
         session: None,
+        inline: Vec::new(),
     })
     .unwrap();
     let seen = pending(&fs, 3);
@@ -1575,4 +1580,176 @@ fn mark_under_replicated_ignores_unreferenced_chunks() {
     assert!(!crate::is_referenced(&fs.kv, &chunk(7)).unwrap());
     let page = crate::heal_pending(&fs.kv, 2, Some(&chunk(1)), 10).unwrap();
     assert!(page.is_empty());
+}
+
+// ---- inline chunks -----------------------------------------------------------------
+
+fn inline_write(ino: plait_proto::Ino, at: u64, body: &[u8]) -> MetaOp {
+    MetaOp::Write {
+        ino,
+        extents: vec![plait_proto::Extent {
+            file_offset: at,
+            len: body.len() as u64,
+            chunk: plait_proto::ChunkId::of(body),
+            chunk_offset: 0,
+        }],
+        under_replicated: Vec::new(),
+        session: None,
+        inline: vec![body.to_vec()],
+    }
+}
+
+fn extents_reply(fs: &Fs, ino: plait_proto::Ino) -> (Vec<plait_proto::Extent>, Vec<Vec<u8>>) {
+    match fs.q(MetaQuery::Extents {
+        ino,
+        offset: 0,
+        len: u64::MAX,
+    }) {
+        Ok(MetaReply::Extents {
+            extents, inline, ..
+        }) => (extents, inline),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_small_write_keeps_its_bytes_inline_and_returns_them_with_the_extents() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    let g = fs.mkfile(root, "g");
+    let body = b"config: small".to_vec();
+    let id = plait_proto::ChunkId::of(&body);
+    fs.exec(inline_write(f, 0, &body)).unwrap();
+    assert_eq!(fs.attr(f).size, body.len() as u64);
+    let (extents, inline) = extents_reply(&fs, f);
+    assert_eq!(extents.len(), 1);
+    assert_eq!(inline, vec![body.clone()]);
+    // Nothing for data nodes: no reference count, no garbage, no heal entry.
+    assert!(
+        crate::referenced_chunks(&fs.kv, None, 10)
+            .unwrap()
+            .is_empty()
+    );
+    // The same bytes in another file share the inline chunk.
+    fs.exec(inline_write(g, 100, &body)).unwrap();
+    let rec = crate::read::inline_chunk(&fs.kv, &id).unwrap().unwrap();
+    assert_eq!(rec.refs, 2);
+    // Overwriting one copy and truncating the other releases it without garbage.
+    fs.exec(inline_write(f, 0, b"other bytes!!")).unwrap();
+    fs.truncate(g, 0).unwrap();
+    assert!(crate::read::inline_chunk(&fs.kv, &id).unwrap().is_none());
+    assert!(crate::garbage(&fs.kv, None, 10).unwrap().is_empty());
+    // Reaping the file drops its last inline chunk.
+    fs.unlink(root, "f").unwrap();
+    fs.reap(f).unwrap();
+    assert!(
+        fs.kv
+            .scan(&[keys::INLINE_CHUNK], None, 10)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_split_inline_extent_keeps_both_halves_readable() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    let body = vec![9u8; 100];
+    let id = plait_proto::ChunkId::of(&body);
+    fs.exec(inline_write(f, 0, &body)).unwrap();
+    // A write in the middle splits the extent: two references to the inline chunk.
+    fs.exec(inline_write(f, 40, b"mid")).unwrap();
+    let rec = crate::read::inline_chunk(&fs.kv, &id).unwrap().unwrap();
+    assert_eq!(rec.refs, 2);
+    let (extents, inline) = extents_reply(&fs, f);
+    assert_eq!(extents.len(), 3);
+    assert_eq!(inline.len(), 2, "each inline chunk once");
+}
+
+#[test]
+fn bytes_already_on_data_nodes_are_not_copied_inline() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    let body = b"same bytes".to_vec();
+    let id = plait_proto::ChunkId::of(&body);
+    // First written as an uploaded chunk (no body).
+    fs.write(
+        f,
+        &[plait_proto::Extent {
+            file_offset: 0,
+            len: body.len() as u64,
+            chunk: id,
+            chunk_offset: 0,
+        }],
+    )
+    .unwrap();
+    fs.exec(inline_write(f, 50, &body)).unwrap();
+    assert!(crate::read::inline_chunk(&fs.kv, &id).unwrap().is_none());
+    assert_eq!(crate::read::refcount(&fs.kv, &id).unwrap(), 2);
+    let (_, inline) = extents_reply(&fs, f);
+    assert!(inline.is_empty());
+}
+
+#[test]
+fn malformed_inline_bodies_are_refused_and_change_nothing() {
+    let (mut fs, root) = Fs::with_volume();
+    let f = fs.mkfile(root, "f");
+    let before = fs.attr(f);
+    let ok = inline_write(f, 0, b"abc");
+    let MetaOp::Write { extents, .. } = ok else {
+        unreachable!()
+    };
+    let with = |extents: Vec<plait_proto::Extent>, inline: Vec<Vec<u8>>, missing| MetaOp::Write {
+        ino: f,
+        extents,
+        under_replicated: missing,
+        session: None,
+        inline,
+    };
+    let long = vec![1u8; plait_proto::INLINE_CHUNK_MAX_BYTES + 1];
+    let long_extent = plait_proto::Extent {
+        file_offset: 0,
+        len: long.len() as u64,
+        chunk: plait_proto::ChunkId::of(&long),
+        chunk_offset: 0,
+    };
+    let past_end = plait_proto::Extent {
+        len: 4,
+        ..extents[0]
+    };
+    let cases = [
+        // A body no extent references.
+        with(extents.clone(), vec![b"xyz".to_vec()], vec![]),
+        // The same body, but also one unreferenced.
+        with(
+            extents.clone(),
+            vec![b"abc".to_vec(), b"zz".to_vec()],
+            vec![],
+        ),
+        // An empty body, and one over the bound.
+        with(extents.clone(), vec![Vec::new()], vec![]),
+        with(vec![long_extent], vec![long], vec![]),
+        // An extent reaching past its body's end.
+        with(vec![past_end], vec![b"abc".to_vec()], vec![]),
+        // A heal entry for an inline chunk (no data node is meant to hold it).
+        with(
+            extents.clone(),
+            vec![b"abc".to_vec()],
+            vec![plait_proto::MissingCopy {
+                chunk: extents[0].chunk,
+                node: 2,
+                size_bytes: 3,
+            }],
+        ),
+    ];
+    for op in cases {
+        assert_eq!(code(fs.exec(op)), ErrorCode::InvalidArgument);
+    }
+    assert_eq!(fs.attr(f), before);
+    assert!(
+        fs.kv
+            .scan(&[keys::INLINE_CHUNK], None, 10)
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -28,7 +28,7 @@ fn read_dir(fs: &Fs, ino: u64, after: Option<&str>, limit: u32) -> (u64, Vec<Str
 
 fn extents(fs: &Fs, ino: u64, offset: u64, len: u64) -> Vec<plait_proto::Extent> {
     match fs.q(MetaQuery::Extents { ino, offset, len }) {
-        Ok(MetaReply::Extents { attr, extents }) => {
+        Ok(MetaReply::Extents { attr, extents, .. }) => {
             assert_eq!(attr, fs.attr(ino));
             extents
         }
