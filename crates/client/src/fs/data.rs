@@ -47,6 +47,9 @@ impl PlaitFs {
             lock(&self.files).remove(&fh);
             self.close_inode(ino).await;
             if e.is_gone() {
+                // The kernel looks the name up again: that lookup must not come from a
+                // snapshot taken before the file went.
+                self.statahead.invalidate();
                 return Err(FsError::code(
                     ErrorCode::Stale,
                     format!("inode {ino} no longer exists"),
@@ -97,15 +100,31 @@ impl PlaitFs {
             uid,
             gid,
         };
-        let attr = match self.client.meta(op).await {
+        let attr = match self.commit(op).await {
             Ok(reply) => expect_attr("Create", reply)?,
             Err(e) if e.code == ErrorCode::Exists && !intent.exclusive => {
                 return self.open_existing(parent, name, uid, gid, intent).await;
             }
             Err(e) => return Err(e.into()),
         };
-        let fh = self.open(attr.ino, false).await?;
+        let fh = self.open_created(&attr);
         Ok((attr, fh))
+    }
+
+    /// Opens the file this mount just created: its extents are known (none, size 0, as
+    /// committed by the create), so no request is needed to start reading.
+    fn open_created(&self, attr: &Attr) -> u64 {
+        let fh = self.register_file(attr.ino);
+        let (start, end) = window_for(0, 1);
+        let empty = ExtentWindow {
+            start,
+            end,
+            size: attr.size,
+            extents: Vec::new(),
+            inline: HashMap::new(),
+        };
+        self.inode_entry_or_new(attr.ino).lock().extents = Some(Arc::new(empty));
+        fh
     }
 
     /// Opens the file another mount created under `parent/name` while we tried to.
@@ -117,7 +136,7 @@ impl PlaitFs {
         gid: u32,
         intent: OpenIntent,
     ) -> Result<(Attr, u64), FsError> {
-        let attr = self.lookup(parent, name).await?;
+        let attr = self.lookup_fresh(parent, name).await?;
         match attr.kind {
             plait_proto::FileKind::File => {}
             plait_proto::FileKind::Dir => {
@@ -524,15 +543,14 @@ impl PlaitFs {
                 .collect();
             inline.sort_by_key(|(id, _)| *id);
             inline.dedup_by_key(|(id, _)| *id);
-            self.client
-                .meta(MetaOp::Write {
-                    ino,
-                    extents: batch.iter().map(|(e, _)| *e).collect(),
-                    under_replicated,
-                    session,
-                    inline: inline.iter().map(|(_, b)| b.to_vec()).collect(),
-                })
-                .await?;
+            self.commit(MetaOp::Write {
+                ino,
+                extents: batch.iter().map(|(e, _)| *e).collect(),
+                under_replicated,
+                session,
+                inline: inline.iter().map(|(_, b)| b.to_vec()).collect(),
+            })
+            .await?;
             for (id, body) in inline {
                 self.chunks.remember(id, body.clone());
             }

@@ -26,11 +26,12 @@ mod extents;
 mod inode;
 mod locks;
 mod names;
+mod statahead;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use plait_proto::meta::{NewKind, RenameMode, SetAttr, XattrMode};
 use plait_proto::{
@@ -48,6 +49,7 @@ pub use names::{OpenIntent, check_name, check_symlink_target, check_xattr_name, 
 use crate::{ClusterClient, Replication};
 use chunk_io::ChunkIo;
 use inode::InodeEntry;
+use statahead::{Answer, Statahead};
 
 /// Entries asked for per `ReadDir` page. The metadata service caps a page at 1024
 /// entries too (`plait_meta::READDIR_MAX_ENTRIES`), so a shorter page is the last one.
@@ -184,6 +186,8 @@ pub struct PlaitFs {
     dirty_total_bytes: AtomicU64,
     /// The session and the lock owners of this mount.
     locks: locks::MountLocks,
+    /// Directory snapshots that answer runs of lookups.
+    statahead: Statahead,
 }
 
 impl PlaitFs {
@@ -195,6 +199,7 @@ impl PlaitFs {
         replication: Replication,
         config: FsConfig,
     ) -> Self {
+        let statahead = Statahead::new(config.attr_ttl().min(config.entry_ttl()));
         let chunks = Arc::new(ChunkIo::new(
             client.clone(),
             replication,
@@ -211,7 +216,16 @@ impl PlaitFs {
             next_handle: AtomicU64::new(1),
             dirty_total_bytes: AtomicU64::new(0),
             locks: locks::MountLocks::default(),
+            statahead,
         }
+    }
+
+    /// Proposes `op` to the metadata group. Every change (and every attempt: it may have
+    /// failed because another mount changed the same names) drops the directory
+    /// snapshots, so this mount never answers a lookup from before its own change.
+    async fn commit(&self, op: MetaOp) -> Result<MetaReply, RpcError> {
+        self.statahead.invalidate();
+        self.client.meta(op).await
     }
 
     /// Looks the volume up by name and returns its filesystem.
@@ -280,6 +294,45 @@ impl PlaitFs {
             }
             _ => check_name(name)?,
         }
+        let now = Instant::now();
+        if let Some(answer) = self.statahead_answer(parent, name, now) {
+            return answer;
+        }
+        if self.statahead.note_miss(parent, now) {
+            match self.fetch_snapshot(parent).await {
+                Ok(()) => {
+                    if let Some(answer) = self.statahead_answer(parent, name, Instant::now()) {
+                        return answer;
+                    }
+                }
+                Err(e) => debug!(parent, error = %e, "statahead listing failed"),
+            }
+        }
+        self.lookup_fresh(parent, name).await
+    }
+
+    /// The answer of a fresh directory snapshot to a lookup, if there is one.
+    fn statahead_answer(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        now: Instant,
+    ) -> Option<Result<Attr, FsError>> {
+        match self.statahead.answer(parent, name, now) {
+            Answer::Found(attr) => Some(Ok(self.with_dirty_size(attr))),
+            Answer::Missing => Some(Err(FsError::code(
+                ErrorCode::NotFound,
+                format!(
+                    "no entry {:?} in directory {parent}",
+                    String::from_utf8_lossy(name)
+                ),
+            ))),
+            Answer::Unknown => None,
+        }
+    }
+
+    /// `name` in `parent` as the metadata group has it now (no snapshot).
+    async fn lookup_fresh(&self, parent: Ino, name: &[u8]) -> Result<Attr, FsError> {
         let reply = self
             .client
             .query(MetaQuery::Lookup {
@@ -288,6 +341,42 @@ impl PlaitFs {
             })
             .await?;
         Ok(self.with_dirty_size(expect_attr("Lookup", reply)?))
+    }
+
+    /// Lists directory `dir` for statahead, up to [`statahead::SNAPSHOT_ENTRIES_MAX`]
+    /// entries, and keeps the snapshot (or the mark that it is too large).
+    async fn fetch_snapshot(&self, dir: Ino) -> Result<(), FsError> {
+        let generation = self.statahead.generation();
+        let fetched_at = Instant::now();
+        let mut entries: Vec<DirEntry> = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let reply = self
+                .client
+                .query(MetaQuery::ReadDir {
+                    ino: dir,
+                    after: after.take(),
+                    limit: READDIR_PAGE_ENTRIES,
+                })
+                .await?;
+            let MetaReply::Entries { entries: page, .. } = reply else {
+                return Err(unexpected("ReadDir", &reply));
+            };
+            let last_page = page.len() < READDIR_PAGE_ENTRIES as usize;
+            after = page.last().map(|e| e.name.clone());
+            entries.extend(page);
+            if entries.len() > statahead::SNAPSHOT_ENTRIES_MAX {
+                self.statahead.store(dir, generation, None, fetched_at);
+                return Ok(());
+            }
+            if last_page || after.is_none() {
+                break;
+            }
+        }
+        debug!(dir, entries = entries.len(), "statahead snapshot");
+        self.statahead
+            .store(dir, generation, Some(entries), fetched_at);
+        Ok(())
     }
 
     /// The parent directory of directory `dir` (the root is its own parent).
@@ -346,7 +435,7 @@ impl PlaitFs {
             uid,
             gid,
         };
-        expect_attr("Create", self.client.meta(op).await?)
+        expect_attr("Create", self.commit(op).await?)
     }
 
     /// Removes the non-directory `name` from `parent`; reaps the inode if that was its
@@ -354,8 +443,7 @@ impl PlaitFs {
     pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<(), FsError> {
         check_name(name)?;
         let reply = self
-            .client
-            .meta(MetaOp::Unlink {
+            .commit(MetaOp::Unlink {
                 parent,
                 name: name.to_vec(),
             })
@@ -368,8 +456,7 @@ impl PlaitFs {
     pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<(), FsError> {
         check_name(name)?;
         let reply = self
-            .client
-            .meta(MetaOp::Rmdir {
+            .commit(MetaOp::Rmdir {
                 parent,
                 name: name.to_vec(),
             })
@@ -391,8 +478,7 @@ impl PlaitFs {
         check_name(name)?;
         check_name(new_name)?;
         let reply = self
-            .client
-            .meta(MetaOp::Rename {
+            .commit(MetaOp::Rename {
                 parent,
                 name: name.to_vec(),
                 new_parent,
@@ -408,8 +494,7 @@ impl PlaitFs {
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr, FsError> {
         check_name(new_name)?;
         let reply = self
-            .client
-            .meta(MetaOp::Link {
+            .commit(MetaOp::Link {
                 ino,
                 new_parent,
                 new_name: new_name.to_vec(),
@@ -454,7 +539,7 @@ impl PlaitFs {
     /// Deletes orphan `ino` on the cluster. A failure is logged, not reported: the unlink
     /// or release that led here did succeed.
     async fn reap(&self, ino: Ino) {
-        match self.client.meta(MetaOp::Reap { ino }).await {
+        match self.commit(MetaOp::Reap { ino }).await {
             Ok(_) => debug!(ino, "orphan reaped"),
             Err(e) => warn!(ino, error = %e, "could not reap orphan; it stays until cleaned up"),
         }
@@ -555,7 +640,7 @@ impl PlaitFs {
     }
 
     async fn setattr_remote(&self, ino: Ino, set: SetAttr) -> Result<Attr, FsError> {
-        let reply = self.client.meta(MetaOp::SetAttr { ino, set }).await?;
+        let reply = self.commit(MetaOp::SetAttr { ino, set }).await?;
         Ok(self.with_dirty_size(expect_attr("SetAttr", reply)?))
     }
 
@@ -576,14 +661,13 @@ impl PlaitFs {
         mode: XattrMode,
     ) -> Result<(), FsError> {
         check_xattr_name(name)?;
-        self.client
-            .meta(MetaOp::SetXattr {
-                ino,
-                name: name.to_vec(),
-                value: value.to_vec(),
-                mode,
-            })
-            .await?;
+        self.commit(MetaOp::SetXattr {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            mode,
+        })
+        .await?;
         Ok(())
     }
 
@@ -614,12 +698,11 @@ impl PlaitFs {
     /// Removes extended attribute `name` of `ino` (ENODATA if absent).
     pub async fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<(), FsError> {
         check_xattr_name(name)?;
-        self.client
-            .meta(MetaOp::RemoveXattr {
-                ino,
-                name: name.to_vec(),
-            })
-            .await?;
+        self.commit(MetaOp::RemoveXattr {
+            ino,
+            name: name.to_vec(),
+        })
+        .await?;
         Ok(())
     }
 
