@@ -100,7 +100,7 @@ impl PlaitFs {
             uid,
             gid,
         };
-        let attr = match self.commit(op).await {
+        let attr = match self.commit_create(parent, name, op).await {
             Ok(reply) => expect_attr("Create", reply)?,
             Err(e) if e.code == ErrorCode::Exists && !intent.exclusive => {
                 return self.open_existing(parent, name, uid, gid, intent).await;
@@ -123,7 +123,10 @@ impl PlaitFs {
             extents: Vec::new(),
             inline: HashMap::new(),
         };
-        self.inode_entry_or_new(attr.ino).lock().extents = Some(Arc::new(empty));
+        let entry = self.inode_entry_or_new(attr.ino);
+        let mut st = entry.lock();
+        st.extents = Some(Arc::new(empty));
+        st.created_here_at = Some(std::time::Instant::now());
         fh
     }
 
@@ -543,7 +546,7 @@ impl PlaitFs {
                 .collect();
             inline.sort_by_key(|(id, _)| *id);
             inline.dedup_by_key(|(id, _)| *id);
-            self.commit(MetaOp::Write {
+            self.commit_attr_change(MetaOp::Write {
                 ino,
                 extents: batch.iter().map(|(e, _)| *e).collect(),
                 under_replicated,

@@ -28,6 +28,9 @@ impl InodeEntry {
 pub(crate) struct InodeData {
     /// Open file handles of this mount on the inode.
     pub(crate) open_handles: u32,
+    /// When this mount created the inode, if it did and has not changed its extended
+    /// attributes since: it then had none (see [`crate::fs::PlaitFs::getxattr`]).
+    pub(crate) created_here_at: Option<std::time::Instant>,
     /// The inode was orphaned (unlinked) while open: reap it at the last release.
     pub(crate) reap_on_last_release: bool,
     /// Bytes written and not yet being flushed.

@@ -228,6 +228,38 @@ impl PlaitFs {
         self.client.meta(op).await
     }
 
+    /// Proposes `op`, which changes only the attributes (and data) of one inode and is
+    /// answered with its new attributes: like [`Self::commit`], except that snapshots are
+    /// kept and updated with those attributes (a run of `create, write, close` in one
+    /// directory keeps its snapshot).
+    async fn commit_attr_change(&self, op: MetaOp) -> Result<MetaReply, RpcError> {
+        let generation = self.statahead.begin_change();
+        let reply = self.client.meta(op).await;
+        match &reply {
+            Ok(MetaReply::Attr(attr)) => self.statahead.updated(generation, attr),
+            _ => self.statahead.invalidate(),
+        }
+        reply
+    }
+
+    /// Proposes `op`, which creates `parent/name`: like [`Self::commit`], except that a
+    /// snapshot of `parent` is kept and gains the new entry (a run of creates in one
+    /// directory then looks its names up locally).
+    async fn commit_create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        op: MetaOp,
+    ) -> Result<MetaReply, RpcError> {
+        let kept = self.statahead.invalidate_except(parent);
+        let reply = self.client.meta(op).await;
+        match &reply {
+            Ok(MetaReply::Attr(attr)) => self.statahead.created(kept, parent, name, attr),
+            _ => self.statahead.invalidate(),
+        }
+        reply
+    }
+
     /// Looks the volume up by name and returns its filesystem.
     pub async fn open_volume(
         client: Arc<ClusterClient>,
@@ -640,7 +672,9 @@ impl PlaitFs {
     }
 
     async fn setattr_remote(&self, ino: Ino, set: SetAttr) -> Result<Attr, FsError> {
-        let reply = self.commit(MetaOp::SetAttr { ino, set }).await?;
+        let reply = self
+            .commit_attr_change(MetaOp::SetAttr { ino, set })
+            .await?;
         Ok(self.with_dirty_size(expect_attr("SetAttr", reply)?))
     }
 
@@ -661,6 +695,7 @@ impl PlaitFs {
         mode: XattrMode,
     ) -> Result<(), FsError> {
         check_xattr_name(name)?;
+        self.xattrs_changed(ino);
         self.commit(MetaOp::SetXattr {
             ino,
             name: name.to_vec(),
@@ -672,8 +707,19 @@ impl PlaitFs {
     }
 
     /// Value of extended attribute `name` of `ino` (ENODATA if absent).
+    ///
+    /// `security.capability` of a file this mount created within the attribute timeout
+    /// and whose attributes it has not changed is answered here (absent): the kernel asks
+    /// for it before the first write of every file, and it cannot exist unless another
+    /// mount set it in that moment (the staleness the attribute timeout allows).
     pub async fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, FsError> {
         check_xattr_name(name)?;
+        if name == b"security.capability" && self.created_here_recently(ino) {
+            return Err(FsError::code(
+                ErrorCode::NoAttr,
+                "no xattr \"security.capability\"",
+            ));
+        }
         let reply = self
             .client
             .query(MetaQuery::GetXattr {
@@ -684,6 +730,24 @@ impl PlaitFs {
         match reply {
             MetaReply::Xattr(value) => Ok(value),
             other => Err(unexpected("GetXattr", &other)),
+        }
+    }
+
+    /// True if this mount created `ino` less than an attribute timeout ago and has not
+    /// changed its extended attributes since.
+    fn created_here_recently(&self, ino: Ino) -> bool {
+        self.inode_entry(ino).is_some_and(|entry| {
+            entry
+                .lock()
+                .created_here_at
+                .is_some_and(|at| at.elapsed() < self.config.attr_ttl())
+        })
+    }
+
+    /// Forgets that `ino` was created here without extended attributes.
+    fn xattrs_changed(&self, ino: Ino) {
+        if let Some(entry) = self.inode_entry(ino) {
+            entry.lock().created_here_at = None;
         }
     }
 
@@ -698,6 +762,7 @@ impl PlaitFs {
     /// Removes extended attribute `name` of `ino` (ENODATA if absent).
     pub async fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<(), FsError> {
         check_xattr_name(name)?;
+        self.xattrs_changed(ino);
         self.commit(MetaOp::RemoveXattr {
             ino,
             name: name.to_vec(),

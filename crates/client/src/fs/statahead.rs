@@ -65,6 +65,17 @@ struct Snapshot {
     entries: Option<HashMap<Vec<u8>, Attr>>,
 }
 
+impl Snapshot {
+    /// Replaces the attributes of every entry naming `attr.ino`.
+    fn update(&mut self, attr: &Attr) {
+        for a in self.entries.iter_mut().flat_map(|e| e.values_mut()) {
+            if a.ino == attr.ino {
+                *a = attr.clone();
+            }
+        }
+    }
+}
+
 impl Statahead {
     /// Statahead whose snapshots live for `ttl` (the smaller of the kernel's entry and
     /// attribute timeouts); a zero `ttl` disables it.
@@ -175,6 +186,66 @@ impl Statahead {
         inner.generation = inner.generation.wrapping_add(1);
         inner.snapshots.clear();
     }
+
+    /// Before this mount changes the attributes of one inode (a write commit, a
+    /// truncation, chmod): snapshots stay, racing fetches are stopped. Returns the
+    /// generation to pass to [`Self::updated`].
+    pub fn begin_change(&self) -> u64 {
+        let mut inner = self.lock();
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.generation
+    }
+
+    /// The change begun at `generation` left inode `attr.ino` with `attr`: entries naming
+    /// it take the new attributes, unless anything else happened meanwhile (then every
+    /// snapshot goes).
+    pub fn updated(&self, generation: u64, attr: &Attr) {
+        let mut inner = self.lock();
+        inner.generation = inner.generation.wrapping_add(1);
+        if inner.generation != generation.wrapping_add(1) {
+            inner.snapshots.clear();
+            return;
+        }
+        for snap in inner.snapshots.values_mut() {
+            snap.update(attr);
+        }
+    }
+
+    /// Before this mount creates a name in `parent`: drops every snapshot but `parent`'s
+    /// (the new entry changes no other entry of `parent`, but the attributes of `parent`
+    /// itself, which other snapshots may hold) and stops racing fetches. Returns the
+    /// generation to pass to [`Self::created`].
+    pub fn invalidate_except(&self, parent: Ino) -> u64 {
+        let mut inner = self.lock();
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.snapshots.retain(|ino, _| *ino == parent);
+        inner.generation
+    }
+
+    /// This mount created `parent/name` as `attr`: `parent`'s snapshot gains the entry,
+    /// unless anything else happened since [`Self::invalidate_except`] returned
+    /// `generation` (then every snapshot goes).
+    pub fn created(&self, generation: u64, parent: Ino, name: &[u8], attr: &Attr) {
+        let mut inner = self.lock();
+        if inner.generation != generation {
+            inner.generation = inner.generation.wrapping_add(1);
+            inner.snapshots.clear();
+            return;
+        }
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.snapshots.retain(|ino, _| *ino == parent);
+        if let Some(entries) = inner
+            .snapshots
+            .get_mut(&parent)
+            .and_then(|s| s.entries.as_mut())
+        {
+            if entries.len() >= SNAPSHOT_ENTRIES_MAX {
+                inner.snapshots.remove(&parent);
+            } else {
+                entries.insert(name.to_vec(), attr.clone());
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +320,53 @@ mod tests {
         // A fetch that began before the change is not kept.
         s.store(1, generation, Some(vec![entry("a", 10)]), t0);
         assert_eq!(s.answer(1, b"b", t0), Answer::Unknown);
+    }
+
+    #[test]
+    fn a_create_of_this_mount_keeps_its_directorys_snapshot_up_to_date() {
+        let s = Statahead::new(TTL);
+        let t0 = Instant::now();
+        let generation = s.generation();
+        s.store(1, generation, Some(vec![entry("a", 10)]), t0);
+        s.store(2, generation, Some(vec![entry("d", 1)]), t0);
+        let kept = s.invalidate_except(1);
+        assert_eq!(
+            s.answer(2, b"d", t0),
+            Answer::Unknown,
+            "may hold 1's old attributes"
+        );
+        s.created(kept, 1, b"b", &entry("b", 11).attr);
+        assert!(matches!(s.answer(1, b"b", t0), Answer::Found(a) if a.ino == 11));
+        assert!(matches!(s.answer(1, b"a", t0), Answer::Found(a) if a.ino == 10));
+        // Another change while the create was in flight: nothing is kept.
+        let kept = s.invalidate_except(1);
+        s.invalidate();
+        s.created(kept, 1, b"c", &entry("c", 12).attr);
+        assert_eq!(s.answer(1, b"a", t0), Answer::Unknown);
+    }
+
+    #[test]
+    fn a_write_of_this_mount_updates_the_entry_in_place() {
+        let s = Statahead::new(TTL);
+        let t0 = Instant::now();
+        let generation = s.generation();
+        s.store(
+            1,
+            generation,
+            Some(vec![entry("a", 10), entry("b", 11)]),
+            t0,
+        );
+        let g = s.begin_change();
+        let mut grown = entry("a", 10).attr;
+        grown.size = 8192;
+        s.updated(g, &grown);
+        assert!(matches!(s.answer(1, b"a", t0), Answer::Found(a) if a.size == 8192));
+        assert!(matches!(s.answer(1, b"b", t0), Answer::Found(a) if a.size == 3));
+        // Two changes at once: nothing is kept.
+        let g = s.begin_change();
+        let _other = s.begin_change();
+        s.updated(g, &grown);
+        assert_eq!(s.answer(1, b"a", t0), Answer::Unknown);
     }
 
     #[test]
