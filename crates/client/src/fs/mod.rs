@@ -343,7 +343,8 @@ impl PlaitFs {
         self.lookup_fresh(parent, name).await
     }
 
-    /// The answer of a fresh directory snapshot to a lookup, if there is one.
+    /// The answer of a fresh directory snapshot to a lookup, if there is one (only ever
+    /// "found": see [`Answer`]).
     fn statahead_answer(
         &self,
         parent: Ino,
@@ -352,13 +353,6 @@ impl PlaitFs {
     ) -> Option<Result<Attr, FsError>> {
         match self.statahead.answer(parent, name, now) {
             Answer::Found(attr) => Some(Ok(self.with_dirty_size(attr))),
-            Answer::Missing => Some(Err(FsError::code(
-                ErrorCode::NotFound,
-                format!(
-                    "no entry {:?} in directory {parent}",
-                    String::from_utf8_lossy(name)
-                ),
-            ))),
             Answer::Unknown => None,
         }
     }

@@ -32,13 +32,17 @@ pub const SNAPSHOTS_MAX: usize = 32;
 const COUNTED_DIRS_MAX: usize = 1024;
 
 /// What a snapshot says about one name.
+///
+/// A snapshot never says that a name is absent: another mount may have created and
+/// closed that file a moment ago, and an open by name must then find it (close-to-open),
+/// so a name missing from the snapshot is asked of the leader. A name that is there but
+/// went meanwhile fails at open with ESTALE, which drops the snapshots before the kernel
+/// looks the name up again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     /// The name exists with these attributes.
     Found(Attr),
-    /// The directory had no such name.
-    Missing,
-    /// No usable snapshot: ask the leader.
+    /// No usable snapshot, or the name is not in it: ask the leader.
     Unknown,
 }
 
@@ -99,7 +103,7 @@ impl Statahead {
                     Some(entries) => entries
                         .get(name)
                         .cloned()
-                        .map_or(Answer::Missing, Answer::Found),
+                        .map_or(Answer::Unknown, Answer::Found),
                     None => Answer::Unknown,
                 }
             }
@@ -292,7 +296,11 @@ mod tests {
         let generation = s.generation();
         s.store(1, generation, Some(vec![entry("a", 10)]), t0);
         assert!(matches!(s.answer(1, b"a", t0), Answer::Found(a) if a.ino == 10));
-        assert_eq!(s.answer(1, b"b", t0), Answer::Missing);
+        assert_eq!(
+            s.answer(1, b"b", t0),
+            Answer::Unknown,
+            "absence is never answered"
+        );
         assert_eq!(s.answer(2, b"a", t0), Answer::Unknown);
         // No second fetch while the snapshot is fresh.
         assert!(!s.note_miss(1, t0 + TTL / 2));
@@ -384,26 +392,17 @@ mod tests {
     fn snapshots_are_bounded() {
         let s = Statahead::new(TTL);
         let t0 = Instant::now();
-        for dir in 0..(SNAPSHOTS_MAX as u64 + 10) {
+        let last = SNAPSHOTS_MAX as u64 + 9;
+        for dir in 0..=last {
             let generation = s.generation();
-            s.store(
-                dir,
-                generation,
-                Some(Vec::new()),
-                t0 + Duration::from_millis(dir),
-            );
+            let at = t0 + Duration::from_millis(dir);
+            s.store(dir, generation, Some(vec![entry("x", 100 + dir)]), at);
         }
         assert_eq!(s.lock().snapshots.len(), SNAPSHOTS_MAX);
         // The oldest went first.
         assert_eq!(s.answer(0, b"x", t0), Answer::Unknown);
-        assert_eq!(
-            s.answer(
-                SNAPSHOTS_MAX as u64 + 9,
-                b"x",
-                t0 + Duration::from_millis(50)
-            ),
-            Answer::Missing
-        );
+        let newest = s.answer(last, b"x", t0 + Duration::from_millis(50));
+        assert_eq!(newest, Answer::Found(entry("x", 100 + last).attr));
     }
 
     #[test]
