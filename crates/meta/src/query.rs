@@ -1,6 +1,8 @@
 //! Reads: answer a [`MetaQuery`] from the state, and page through chunk sets for the GC
 //! and scrub workers.
 
+use std::collections::BTreeSet;
+
 use plait_proto::{
     ChunkId, DirEntry, ErrorCode, Extent, FileKind, FsStats, HealEntry, HealNodeSummary,
     INLINE_BATCH_MAX_BYTES, Ino, MetaQuery, MetaReply, NodeId, RpcError, Timestamp, VolumeInfo,
@@ -167,14 +169,15 @@ fn extents(r: &impl KvRead, ino: Ino, offset: u64, len: u64) -> OpResult<MetaRep
     let end = offset.saturating_add(len);
     let mut out = Vec::new();
     let mut inline: Vec<Vec<u8>> = Vec::new();
-    let mut inline_ids: Vec<ChunkId> = Vec::new();
+    // Chunks already looked up: each is read (and its body sent) once per reply.
+    let mut seen: BTreeSet<ChunkId> = BTreeSet::new();
     let mut inline_bytes = 0usize;
     let mut overlapping = read::Overlapping::new(ino, offset, end);
     while out.len() < EXTENTS_MAX_PER_QUERY {
         let Some(e) = overlapping.next(r)? else {
             break;
         };
-        if !inline_ids.contains(&e.rec.chunk)
+        if !seen.contains(&e.rec.chunk)
             && let Some(chunk) = read::inline_chunk(r, &e.rec.chunk)?
         {
             // A shorter reply rather than one past the bound; the reader asks again from
@@ -185,9 +188,9 @@ fn extents(r: &impl KvRead, ino: Ino, offset: u64, len: u64) -> OpResult<MetaRep
                 break;
             }
             inline_bytes = inline_bytes.saturating_add(chunk.body.len());
-            inline_ids.push(e.rec.chunk);
             inline.push(chunk.body);
         }
+        seen.insert(e.rec.chunk);
         out.push(Extent {
             file_offset: e.start,
             len: e.rec.len,

@@ -48,31 +48,37 @@ impl DirListing {
     }
 }
 
+/// A directory entry of a regular file of `size_bytes` with otherwise fixed attributes
+/// (for tests of the listing and statahead code).
+#[cfg(test)]
+pub(crate) fn file_entry(name: &str, ino: Ino, size_bytes: u64) -> DirEntry {
+    use plait_proto::{Attr, FileKind, Timestamp};
+    DirEntry {
+        name: name.as_bytes().to_vec(),
+        attr: Attr {
+            ino,
+            kind: FileKind::File,
+            perm: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: size_bytes,
+            allocated_bytes: size_bytes,
+            atime: Timestamp::default(),
+            mtime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            crtime: Timestamp::default(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use plait_proto::{Attr, FileKind, Timestamp};
-
     use super::*;
 
     fn entry(name: &str, ino: Ino) -> DirEntry {
-        DirEntry {
-            name: name.as_bytes().to_vec(),
-            attr: Attr {
-                ino,
-                kind: FileKind::File,
-                perm: 0o644,
-                nlink: 1,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                size: 0,
-                allocated_bytes: 0,
-                atime: Timestamp::default(),
-                mtime: Timestamp::default(),
-                ctime: Timestamp::default(),
-                crtime: Timestamp::default(),
-            },
-        }
+        file_entry(name, ino, 0)
     }
 
     #[test]

@@ -254,29 +254,10 @@ impl Statahead {
 
 #[cfg(test)]
 mod tests {
-    use plait_proto::{FileKind, Timestamp};
-
     use super::*;
 
     fn entry(name: &str, ino: Ino) -> DirEntry {
-        DirEntry {
-            name: name.as_bytes().to_vec(),
-            attr: Attr {
-                ino,
-                kind: FileKind::File,
-                perm: 0o644,
-                nlink: 1,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                size: 3,
-                allocated_bytes: 3,
-                atime: Timestamp::default(),
-                mtime: Timestamp::default(),
-                ctime: Timestamp::default(),
-                crtime: Timestamp::default(),
-            },
-        }
+        crate::fs::dir::file_entry(name, ino, 3)
     }
 
     const TTL: Duration = Duration::from_millis(1000);
