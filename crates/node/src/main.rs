@@ -95,13 +95,18 @@ async fn run(cfg: Config) -> Result<()> {
         RpcClient::bound(&identity, cfg.listen.ip())
     }
     .context("creating QUIC client")?;
-    let log_store = store::LogStore::new(db.clone()).context("starting the Raft log syncer")?;
-    let state_machine = store::StateMachine::new(db.clone(), cfg.data_dir.join("snapshot.bin"));
+    let log_store = store::LogStore::new(db.clone(), node_id).context("opening the Raft log")?;
+    let durable = log_store.durable();
+    let state_machine = store::StateMachine::new(
+        db.clone(),
+        cfg.data_dir.join("snapshot.bin"),
+        durable.clone(),
+    );
     let applied = state_machine.applied();
     let raft = openraft::Raft::new(
         node_id,
         raft_config(&cfg)?,
-        network::Network::new(rpc.clone()),
+        network::Network::new(rpc.clone(), durable),
         log_store,
         state_machine,
     )

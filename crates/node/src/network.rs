@@ -16,16 +16,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::raft_types::TypeConfig;
+use crate::store::{DurableLog, clamp_commit};
 
 /// Creates one [`PeerClient`] per target voter.
 pub struct Network {
     rpc: RpcClient,
+    durable: DurableLog,
 }
 
 impl Network {
-    /// A network sending through `rpc`.
-    pub fn new(rpc: RpcClient) -> Self {
-        Self { rpc }
+    /// A network sending through `rpc`; commit indexes it sends never pass what
+    /// `durable` says is fsynced in this node's log.
+    pub fn new(rpc: RpcClient, durable: DurableLog) -> Self {
+        Self { rpc, durable }
     }
 }
 
@@ -34,6 +37,7 @@ pub struct PeerClient {
     target: u64,
     rpc: RpcClient,
     addr: Result<SocketAddr, String>,
+    durable: DurableLog,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -43,6 +47,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             rpc: self.rpc.clone(),
+            durable: self.durable.clone(),
             addr: node
                 .addr
                 .parse()
@@ -104,9 +109,12 @@ where
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        // A follower applies what it hears is committed: never an entry this leader
+        // has not fsynced yet (see `store::durable`).
+        rpc.leader_commit = clamp_commit(rpc.leader_commit, self.durable.last());
         flatten(
             self.target,
             self.send(RaftRpc::Append, &rpc, option.hard_ttl()).await,

@@ -1,19 +1,22 @@
-//! The Raft log in RocksDB. Appends are fsynced before openraft is told they are durable:
-//! an entry acknowledged to the leader survives a crash of this node.
+//! The Raft log in RocksDB. An entry is fsynced before anything depends on it: a
+//! follower acknowledges an append only after its fsync, and a leader's own entries are
+//! acknowledged, applied and announced as committed only after theirs
+//! ([`super::durable`] explains why the leader reports its appends flushed early).
 //!
-//! An append is written to RocksDB at once (so the leader can replicate it while its own
-//! copy is being made durable) and its completion is handed to the WAL syncer thread,
-//! which fsyncs the write-ahead log once for every append queued meanwhile and then
-//! reports them durable, in order (group commit). The Raft core never waits for a disk.
+//! An append is written to RocksDB at once and its sync is handed to the WAL syncer
+//! thread, which fsyncs the write-ahead log once for every append queued meanwhile
+//! (group commit), then reports each durable in order and publishes the last durable
+//! log id.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
+use super::durable::{self, DurableLog, DurableSender};
 use super::{CF_LOG, CF_RAFT, Db, dec, enc};
 use crate::raft_types::TypeConfig;
 
@@ -26,17 +29,32 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 /// Most appends waiting for the WAL syncer; a full queue makes appends wait.
 const SYNC_QUEUE_MAX: usize = 4096;
 
+/// One append for the syncer: the last log id it wrote, and openraft's completion if it
+/// has not been told yet (a leader's own appends were reported at once).
+struct SyncRequest {
+    last: LogId<u64>,
+    done: Option<LogFlushed<TypeConfig>>,
+}
+
 /// Raft log storage; cheap to clone (openraft asks for separate readers).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
-    /// Completions of appends written but not yet fsynced, for the syncer thread.
-    syncs: std::sync::mpsc::SyncSender<LogFlushed<TypeConfig>>,
+    node_id: u64,
+    /// The vote last saved, so an append knows whether it is this leader's own.
+    vote: Arc<Mutex<Option<Vote<u64>>>>,
+    /// Appends written but not yet fsynced, for the syncer thread.
+    syncs: std::sync::mpsc::SyncSender<SyncRequest>,
+    durable: DurableLog,
 }
 
-/// Fsyncs the WAL for every batch of queued appends, then reports each durable in order.
-/// Ends when every sender is gone.
-fn sync_wal_forever(db: Arc<Db>, queue: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+/// Fsyncs the WAL for every batch of queued appends, then reports each durable in order
+/// and publishes the last durable log id. Ends when every sender is gone.
+fn sync_wal_forever(
+    db: Arc<Db>,
+    queue: std::sync::mpsc::Receiver<SyncRequest>,
+    durable: DurableSender,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < SYNC_QUEUE_MAX
@@ -45,24 +63,58 @@ fn sync_wal_forever(db: Arc<Db>, queue: std::sync::mpsc::Receiver<LogFlushed<Typ
             batch.push(more);
         }
         let synced = db.raw().flush_wal(true).map_err(|e| e.to_string());
-        if let Err(e) = &synced {
-            tracing::error!(error = %e, "fsync of the Raft log failed");
+        match &synced {
+            Ok(()) => {
+                let last = batch.iter().map(|r| r.last).max();
+                durable.send_modify(|d| d.last = d.last.max(last));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "fsync of the Raft log failed");
+                durable.send_modify(|d| d.failed = true);
+            }
         }
-        for done in batch {
-            done.log_io_completed(synced.clone().map_err(std::io::Error::other));
+        for request in batch {
+            if let Some(done) = request.done {
+                done.log_io_completed(synced.clone().map_err(std::io::Error::other));
+            }
         }
     }
 }
 
 impl LogStore {
-    /// A log store over the node's database; starts its WAL syncer thread.
-    pub fn new(db: Arc<Db>) -> std::io::Result<Self> {
+    /// The log store of node `node_id` over its database; fsyncs what an earlier
+    /// process left unsynced and starts the WAL syncer thread.
+    pub fn new(db: Arc<Db>, node_id: u64) -> Result<Self, StorageError<u64>> {
+        db.raw()
+            .flush_wal(true)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         let (syncs, queue) = std::sync::mpsc::sync_channel(SYNC_QUEUE_MAX);
-        let syncer_db = db.clone();
+        let (durable_tx, durable) = durable::channel(None);
+        let store = Self {
+            db: db.clone(),
+            node_id,
+            vote: Arc::new(Mutex::new(None)),
+            syncs,
+            durable,
+        };
+        let vote = store.get_meta::<Vote<u64>>(KEY_VOTE)?;
+        *store.vote_slot() = vote;
+        let last = store.last_entry_log_id()?;
+        durable_tx.send_modify(|d| d.last = last);
         std::thread::Builder::new()
             .name("raft-wal-sync".into())
-            .spawn(move || sync_wal_forever(syncer_db, queue))?;
-        Ok(Self { db, syncs })
+            .spawn(move || sync_wal_forever(db, queue, durable_tx))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(store)
+    }
+
+    /// How far this node's log is fsynced.
+    pub fn durable(&self) -> DurableLog {
+        self.durable.clone()
+    }
+
+    fn vote_slot(&self) -> std::sync::MutexGuard<'_, Option<Vote<u64>>> {
+        self.vote.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> SResult<Option<T>> {
@@ -166,7 +218,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> SResult<()> {
         self.put_meta(KEY_VOTE, vote)
-            .map_err(|e| StorageIOError::write_vote(&e).into())
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        *self.vote_slot() = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> SResult<Option<Vote<u64>>> {
@@ -176,7 +230,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> SResult<()> {
         // A hint for restart (entries up to it may be applied without a new commit):
         // losing the latest value only means re-learning it from the leader, so it is not
-        // fsynced; every entry it names was fsynced before it could be committed.
+        // fsynced. It is written after the entries it names, to the same write-ahead log,
+        // so whatever of it survives a crash, those entries survived too (and the log is
+        // fsynced at start, before anything is applied).
         let cf = self.db.cf(CF_RAFT).map_err(|e| StorageIOError::write(&e))?;
         let bytes = enc(&committed).map_err(|e| StorageIOError::write(&e))?;
         self.db
@@ -197,35 +253,46 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let fast = durable::fast_append(self.node_id, self.vote_slot().as_ref(), &entries);
         let cf = self
             .db
             .cf(CF_LOG)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         let mut batch = WriteBatch::default();
-        for entry in entries {
-            let bytes = enc(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+        for entry in &entries {
+            let bytes = enc(entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.put_cf(cf, index_key(entry.log_id.index), bytes);
         }
-        // Not synced here: the syncer thread makes it durable before reporting it.
-        let res = self.db.raw().write_opt(batch, &WriteOptions::default());
-        match res {
-            Ok(()) => {
-                if let Err(unsent) = self.syncs.send(callback) {
-                    // The syncer is gone (only at shutdown): sync here instead.
-                    let synced = self
-                        .db
-                        .raw()
-                        .flush_wal(true)
-                        .map_err(|e| std::io::Error::other(e.to_string()));
-                    unsent.0.log_io_completed(synced);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(&e).into())
+        // Not synced here: the syncer thread makes it durable.
+        if let Err(e) = self.db.raw().write_opt(batch, &WriteOptions::default()) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(StorageIOError::write_logs(&e).into());
+        }
+        let (report_now, done) = if fast {
+            (Some(callback), None)
+        } else {
+            (None, Some(callback))
+        };
+        if let Err(unsent) = self.syncs.send(SyncRequest { last, done }) {
+            // The syncer is gone (only at shutdown): sync here instead.
+            let synced = self
+                .db
+                .raw()
+                .flush_wal(true)
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            if let Some(done) = unsent.0.done {
+                done.log_io_completed(synced);
             }
         }
+        if let Some(callback) = report_now {
+            callback.log_io_completed(Ok(()));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> SResult<()> {

@@ -4,10 +4,12 @@
 //! membership, written in the same batch as the state they describe).
 
 pub mod digest;
+mod durable;
 mod kv;
 mod log_store;
 mod state_machine;
 
+pub use durable::{DurableLog, clamp_commit};
 pub use kv::DbView;
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;

@@ -15,7 +15,7 @@ use plait_proto::MetaReply;
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
-use super::{CF_SM, CF_STATE, Db, DbView, StoreError, dec, enc};
+use super::{CF_SM, CF_STATE, Db, DbView, DurableLog, StoreError, dec, enc};
 use crate::raft_types::{ApplyResult, TypeConfig};
 
 type SResult<T> = Result<T, StorageError<u64>>;
@@ -45,15 +45,19 @@ pub struct StateMachine {
     /// Bumped after every batch of applied entries (and installed snapshot), so long
     /// polls re-read the state at once instead of waiting for Raft's metrics.
     applied: Arc<tokio::sync::watch::Sender<u64>>,
+    /// How far the local log is fsynced: nothing is applied before it is.
+    durable: DurableLog,
 }
 
 impl StateMachine {
-    /// A state machine over `db`, keeping its latest snapshot at `snapshot_path`.
-    pub fn new(db: Arc<Db>, snapshot_path: PathBuf) -> Self {
+    /// A state machine over `db`, keeping its latest snapshot at `snapshot_path`;
+    /// applies an entry only once `durable` says the local log holds it fsynced.
+    pub fn new(db: Arc<Db>, snapshot_path: PathBuf, durable: DurableLog) -> Self {
         Self {
             db,
             snapshot_path,
             applied: Arc::new(tokio::sync::watch::Sender::new(0)),
+            durable,
         }
     }
 
@@ -260,6 +264,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        // A leader's own entries may reach here before its fsync (see `store::durable`):
+        // nobody may see their effects before they are durable here too.
+        if let Some(last) = entries.last().map(|e| e.log_id) {
+            self.durable
+                .wait_for(last)
+                .await
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+        }
         let mut replies = Vec::new();
         for entry in entries {
             replies.push(self.apply_one(entry).map_err(sm_err)?);
@@ -300,6 +313,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::durable;
+
+    /// A durability watch that already covers any entry the test applies.
+    fn durable_now() -> DurableLog {
+        let far = LogId::new(openraft::CommittedLeaderId::new(u64::MAX, 0), u64::MAX);
+        durable::channel(Some(far)).1
+    }
+
+    #[tokio::test]
+    async fn an_entry_is_applied_only_once_the_local_log_holds_it_fsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let (tx, durable) = durable::channel(None);
+        let mut sm = StateMachine::new(db, dir.path().join("snapshot.bin"), durable);
+        let log_id = LogId::new(openraft::CommittedLeaderId::new(1, 1), 1);
+        let entry = Entry {
+            log_id,
+            payload: EntryPayload::Blank,
+        };
+        let apply = tokio::spawn(async move { sm.apply([entry]).await.map(|r| r.len()) });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!apply.is_finished(), "applied before its fsync");
+        tx.send_modify(|d| d.last = Some(log_id));
+        assert_eq!(apply.await.unwrap().unwrap(), 1);
+    }
 
     #[test]
     fn a_streamed_snapshot_decodes_and_installs_to_the_same_state() {
@@ -321,7 +361,7 @@ mod tests {
         for (k, v) in &pairs {
             a.raw().put_cf(cf, k, v).unwrap();
         }
-        let sm = StateMachine::new(a.clone(), d3.path().join("snapshot.bin"));
+        let sm = StateMachine::new(a.clone(), d3.path().join("snapshot.bin"), durable_now());
         let built = sm.build().unwrap();
         assert!(built.meta.snapshot_id.ends_with("-5000"));
 
@@ -336,7 +376,7 @@ mod tests {
 
         // A follower installing it ends with the same state.
         let b = Db::open(d2.path()).unwrap();
-        let follower = StateMachine::new(b.clone(), d2.path().join("snapshot.bin"));
+        let follower = StateMachine::new(b.clone(), d2.path().join("snapshot.bin"), durable_now());
         follower.install(&bytes).unwrap();
         assert_eq!(a.state_digest().unwrap().hex, b.state_digest().unwrap().hex);
     }
