@@ -115,6 +115,7 @@ pub(crate) struct InlineChunkRec {
     /// Extents referencing the chunk, > 0.
     pub refs: u64,
     /// The chunk's bytes, at most [`plait_proto::INLINE_CHUNK_MAX_BYTES`].
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 

@@ -35,6 +35,27 @@ fn config() -> Config {
     bincode::config::standard().with_limit::<FRAME_MAX_BYTES>()
 }
 
+/// Serde for a list of byte strings (inline chunk bodies), each as one byte string
+/// rather than a sequence of single bytes: the same bytes on the wire, copied in one
+/// piece instead of visited byte by byte. Use as `#[serde(with = "crate::codec::byte_list")]`.
+pub mod byte_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes each body with `serialize_bytes`.
+    pub fn serialize<S: Serializer>(list: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|b| serde_bytes::Bytes::new(b)))
+    }
+
+    /// Reads bodies written by [`serialize`] (or as plain byte sequences).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let list = Vec::<serde_bytes::ByteBuf>::deserialize(d)?;
+        Ok(list
+            .into_iter()
+            .map(serde_bytes::ByteBuf::into_vec)
+            .collect())
+    }
+}
+
 /// Encodes a message; fails if it would exceed [`FRAME_MAX_BYTES`].
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     let bytes = bincode::serde::encode_to_vec(value, config())
@@ -83,6 +104,37 @@ mod tests {
             back.body,
             Request::Query(MetaQuery::GetAttr { ino: 42 })
         ));
+    }
+
+    #[test]
+    fn byte_strings_keep_the_wire_format_of_byte_sequences() {
+        // Logs and peers written before `serde_bytes` must still decode, and vice versa.
+        #[derive(Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Plain {
+            one: Vec<u8>,
+            list: Vec<Vec<u8>>,
+        }
+        #[derive(Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Fast {
+            #[serde(with = "serde_bytes")]
+            one: Vec<u8>,
+            #[serde(with = "super::byte_list")]
+            list: Vec<Vec<u8>>,
+        }
+        let one: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        let list = vec![vec![], vec![1, 2, 3], one.clone()];
+        let plain = encode(&Plain {
+            one: one.clone(),
+            list: list.clone(),
+        })
+        .unwrap();
+        let fast = encode(&Fast {
+            one: one.clone(),
+            list: list.clone(),
+        })
+        .unwrap();
+        assert_eq!(plain, fast);
+        assert_eq!(decode::<Fast>(&plain).unwrap(), Fast { one, list });
     }
 
     #[test]

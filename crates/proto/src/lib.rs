@@ -80,7 +80,11 @@ pub enum Request {
     /// A read of metadata: served linearizably by the metadata leader.
     Query(MetaQuery),
     /// Store a chunk; the node checks that `data` hashes to `id`.
-    ChunkPut { id: ChunkId, data: Vec<u8> },
+    ChunkPut {
+        id: ChunkId,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     /// Read a whole chunk; the node verifies its hash before answering.
     ChunkGet { id: ChunkId },
     /// Raft traffic between voters; the payload is an openraft message encoded by the node.
@@ -167,11 +171,11 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum RaftRpc {
     /// AppendEntries request.
-    Append(Vec<u8>),
+    Append(#[serde(with = "serde_bytes")] Vec<u8>),
     /// RequestVote request.
-    Vote(Vec<u8>),
+    Vote(#[serde(with = "serde_bytes")] Vec<u8>),
     /// InstallSnapshot request.
-    Snapshot(Vec<u8>),
+    Snapshot(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// The answer to a [`Request`].
@@ -182,9 +186,9 @@ pub enum Response {
     /// A chunk was stored durably (written, fsynced, renamed).
     ChunkStored,
     /// The bytes of a chunk, already verified against its id by the node.
-    Chunk(Vec<u8>),
+    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Raft answer, opaque like [`RaftRpc`].
-    Raft(Vec<u8>),
+    Raft(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Answer to [`Request::NodeStatus`].
     NodeStatus(NodeStatus),
     /// Answer to [`Request::Members`] and [`Request::AddVoter`]: (node id, address) of

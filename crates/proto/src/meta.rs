@@ -174,6 +174,7 @@ pub enum MetaOp {
         /// Bodies of chunks small enough to live in the metadata group
         /// ([`crate::INLINE_CHUNK_MAX_BYTES`] each, [`crate::INLINE_BATCH_MAX_BYTES`] in
         /// all), each referenced by an extent of this write and not uploaded to data nodes.
+        #[serde(with = "crate::codec::byte_list")]
         inline: Vec<Vec<u8>>,
     },
     /// Set an extended attribute.
@@ -560,6 +561,7 @@ pub enum MetaReply {
         /// [`crate::INLINE_CHUNK_MAX_BYTES`]) these extents reference, each once; the
         /// reader names them by hashing. The reply holds fewer extents rather than more
         /// than [`crate::INLINE_BATCH_MAX_BYTES`] of bodies.
+        #[serde(with = "crate::codec::byte_list")]
         inline: Vec<Vec<u8>>,
     },
     /// An extended attribute value.
