@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use plait_proto::{Attr, DirEntry, Ino};
 
 /// Lookups that missed the kernel's cache in one directory within one timeout before the
-/// mount fetches the whole directory.
-pub const STATAHEAD_TRIGGER_LOOKUPS: u32 = 8;
+/// mount fetches the whole directory. Low, because a listing costs about as much as two
+/// lookups and every lookup it answers saves one round trip; not 1, so that walking a
+/// path (one lookup per directory) lists nothing.
+pub const STATAHEAD_TRIGGER_LOOKUPS: u32 = 3;
 
 /// Largest directory kept as a snapshot, in entries; a larger one is remembered as too
 /// large (for one timeout) so that its lookups are not slowed by repeated listing.
