@@ -3,10 +3,10 @@
 //! acknowledged, applied and announced as committed only after theirs
 //! ([`super::durable`] explains why the leader reports its appends flushed early).
 //!
-//! An append is written to RocksDB at once and its sync is handed to the WAL syncer
+//! A follower's append is written and fsynced in place (openraft waits for it before it
+//! does anything else). A leader's own append is written and handed to the WAL syncer
 //! thread, which fsyncs the write-ahead log once for every append queued meanwhile
-//! (group commit), then reports each durable in order and publishes the last durable
-//! log id.
+//! (group commit) and publishes the last durable log id.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -29,13 +29,6 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 /// Most appends waiting for the WAL syncer; a full queue makes appends wait.
 const SYNC_QUEUE_MAX: usize = 4096;
 
-/// One append for the syncer: the last log id it wrote, and openraft's completion if it
-/// has not been told yet (a leader's own appends were reported at once).
-struct SyncRequest {
-    last: LogId<u64>,
-    done: Option<LogFlushed<TypeConfig>>,
-}
-
 /// Raft log storage; cheap to clone (openraft asks for separate readers).
 #[derive(Clone)]
 pub struct LogStore {
@@ -43,17 +36,19 @@ pub struct LogStore {
     node_id: u64,
     /// The vote last saved, so an append knows whether it is this leader's own.
     vote: Arc<Mutex<Option<Vote<u64>>>>,
-    /// Appends written but not yet fsynced, for the syncer thread.
-    syncs: std::sync::mpsc::SyncSender<SyncRequest>,
+    /// The leader's own appends, written but not yet fsynced, for the syncer thread.
+    syncs: std::sync::mpsc::SyncSender<LogId<u64>>,
     durable: DurableLog,
+    /// Publishes what an append fsynced in place (the syncer publishes the rest).
+    durable_tx: Arc<DurableSender>,
 }
 
-/// Fsyncs the WAL for every batch of queued appends, then reports each durable in order
-/// and publishes the last durable log id. Ends when every sender is gone.
+/// Fsyncs the WAL once for every batch of queued appends (each named by its last log
+/// id), then publishes the last durable log id. Ends when every sender is gone.
 fn sync_wal_forever(
     db: Arc<Db>,
-    queue: std::sync::mpsc::Receiver<SyncRequest>,
-    durable: DurableSender,
+    queue: std::sync::mpsc::Receiver<LogId<u64>>,
+    durable: Arc<DurableSender>,
 ) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
@@ -62,20 +57,14 @@ fn sync_wal_forever(
         {
             batch.push(more);
         }
-        let synced = db.raw().flush_wal(true).map_err(|e| e.to_string());
-        match &synced {
+        match db.raw().flush_wal(true) {
             Ok(()) => {
-                let last = batch.iter().map(|r| r.last).max();
+                let last = batch.iter().max().copied();
                 durable.send_modify(|d| d.last = d.last.max(last));
             }
             Err(e) => {
                 tracing::error!(error = %e, "fsync of the Raft log failed");
                 durable.send_modify(|d| d.failed = true);
-            }
-        }
-        for request in batch {
-            if let Some(done) = request.done {
-                done.log_io_completed(synced.clone().map_err(std::io::Error::other));
             }
         }
     }
@@ -90,12 +79,14 @@ impl LogStore {
             .map_err(|e| StorageIOError::write_logs(&e))?;
         let (syncs, queue) = std::sync::mpsc::sync_channel(SYNC_QUEUE_MAX);
         let (durable_tx, durable) = durable::channel(None);
+        let durable_tx = Arc::new(durable_tx);
         let store = Self {
             db: db.clone(),
             node_id,
             vote: Arc::new(Mutex::new(None)),
             syncs,
             durable,
+            durable_tx: durable_tx.clone(),
         };
         let vote = store.get_meta::<Vote<u64>>(KEY_VOTE)?;
         *store.vote_slot() = vote;
@@ -268,30 +259,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = enc(entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.put_cf(cf, index_key(entry.log_id.index), bytes);
         }
-        // Not synced here: the syncer thread makes it durable.
+        if !fast {
+            // A follower's append (or a membership entry): openraft waits for it before
+            // doing anything else, so nothing could join a group commit; write it fsynced
+            // here and save the syncer thread's two wake-ups.
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            let synced = self.db.raw().write_opt(batch, &wo);
+            match &synced {
+                Ok(()) => self
+                    .durable_tx
+                    .send_modify(|d| d.last = d.last.max(Some(last))),
+                Err(e) => {
+                    tracing::error!(error = %e, "fsync of the Raft log failed");
+                    self.durable_tx.send_modify(|d| d.failed = true);
+                }
+            }
+            callback.log_io_completed(synced.map_err(|e| std::io::Error::other(e.to_string())));
+            return Ok(());
+        }
+        // The leader's own entries: reported written now, made durable by the syncer
+        // thread (group commit) while they are replicated.
         if let Err(e) = self.db.raw().write_opt(batch, &WriteOptions::default()) {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(StorageIOError::write_logs(&e).into());
         }
-        let (report_now, done) = if fast {
-            (Some(callback), None)
-        } else {
-            (None, Some(callback))
-        };
-        if let Err(unsent) = self.syncs.send(SyncRequest { last, done }) {
+        if self.syncs.send(last).is_err() {
             // The syncer is gone (only at shutdown): sync here instead.
-            let synced = self
-                .db
-                .raw()
-                .flush_wal(true)
-                .map_err(|e| std::io::Error::other(e.to_string()));
-            if let Some(done) = unsent.0.done {
-                done.log_io_completed(synced);
+            if self.db.raw().flush_wal(true).is_ok() {
+                self.durable_tx
+                    .send_modify(|d| d.last = d.last.max(Some(last)));
             }
         }
-        if let Some(callback) = report_now {
-            callback.log_io_completed(Ok(()));
-        }
+        callback.log_io_completed(Ok(()));
         Ok(())
     }
 
