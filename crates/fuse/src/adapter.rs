@@ -263,6 +263,10 @@ impl Filesystem for PlaitFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (parent, name) = (self.vol(parent), name.as_bytes().to_vec());
+        // A name in a fresh directory snapshot is answered here, without a task hop.
+        if let Some(attr) = self.ctx.fs.lookup_local(parent, &name) {
+            return self.ctx.reply_entry(reply, &attr);
+        }
         self.spawn(move |ctx| async move {
             match ctx.fs.lookup(parent, &name).await {
                 Ok(attr) => ctx.reply_entry(reply, &attr),

@@ -343,6 +343,19 @@ impl PlaitFs {
         self.lookup_fresh(parent, name).await
     }
 
+    /// A lookup answered by a fresh directory snapshot without waiting, if one can be:
+    /// lets the mount answer in the kernel request's own thread. `None` means "ask
+    /// [`Self::lookup`]" (which also reports bad names).
+    pub fn lookup_local(&self, parent: Ino, name: &[u8]) -> Option<Attr> {
+        if matches!(name, b"." | b"..") || check_name(name).is_err() {
+            return None;
+        }
+        match self.statahead_answer(parent, name, Instant::now()) {
+            Some(Ok(attr)) => Some(attr),
+            _ => None,
+        }
+    }
+
     /// The answer of a fresh directory snapshot to a lookup, if there is one (only ever
     /// "found": see [`Answer`]).
     fn statahead_answer(
