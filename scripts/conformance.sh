@@ -19,8 +19,17 @@ MNT=$WORK/mnt
 RESULTS=${RESULTS:-$WORK/results}
 mkdir -p "$RESULTS"
 
+# The playground's data (GiBs of fsx chunks) never outlives the run; the rest of $WORK
+# (logs, results) is kept only if the run failed, for a look at what went wrong.
 cleanup() {
+  local rc=$?
   "$BIN_DIR/plait" playground down --dir "$WORK/pg" >/dev/null 2>&1 || true
+  if [ "$rc" = 0 ]; then
+    rm -rf "$WORK"
+  else
+    rm -rf "$WORK"/pg/node*/data "$WORK"/pg/node*/chunks 2>/dev/null || true
+    echo "conformance: failed (exit $rc); logs kept in $WORK" >&2
+  fi
 }
 trap cleanup EXIT
 

@@ -13,12 +13,15 @@ use tracing::{debug, warn};
 
 use super::cache::ChunkData;
 use super::dirty::DirtyBuffer;
-use super::extents::{ExtentWindow, assemble, chunks_needed, window_for};
+use super::extents::{EXTENT_WINDOW_BYTES, ExtentWindow, assemble, chunks_needed, window_for};
 use super::inode::InodeEntry;
 use super::names::{OpenIntent, check_name, may_open};
-use crate::StoredChunk;
+use crate::{ClusterClient, StoredChunk};
 
 use super::{FsError, PlaitFs, WRITE_EXTENTS_MAX, expect_attr, lock, unexpected};
+
+/// Extent windows a sequential reader fetches ahead of the one it reads.
+const READ_AHEAD_WINDOWS: u64 = 2;
 
 /// Chunk uploads of one flush in flight at once.
 const PUT_IN_FLIGHT_MAX: usize = 4;
@@ -208,10 +211,57 @@ impl PlaitFs {
         if offset >= end {
             return Ok(Vec::new());
         }
+        self.read_ahead(ino, &entry, &window, end);
         let mut buf = self.committed_bytes(&window, offset, end).await?;
         buf.resize((end - offset) as usize, 0);
         overlay.overlay(offset, &mut buf);
         Ok(buf)
+    }
+
+    /// A read in window `window` that ends at `end`: if the reader looks sequential (it
+    /// reached the second half of the window, or this window was itself read ahead) and
+    /// the file goes on, starts fetching the chunks of the next [`READ_AHEAD_WINDOWS`]
+    /// windows into the cache in the background (each window once), so the reader finds
+    /// them there. Chunks are named by their hash, so bytes fetched ahead are never
+    /// stale; the extents fetched for it are not kept (a later read asks for them again,
+    /// under close-to-open).
+    fn read_ahead(&self, ino: Ino, entry: &InodeEntry, window: &ExtentWindow, end: u64) {
+        let mut starts: Vec<u64> = Vec::new();
+        {
+            let mut st = entry.lock();
+            let sequential = end >= window.start + EXTENT_WINDOW_BYTES / 2
+                || st.read_ahead_from.is_some_and(|from| from >= window.start);
+            if !sequential {
+                return;
+            }
+            for k in 0..READ_AHEAD_WINDOWS {
+                let start = window.end + k * EXTENT_WINDOW_BYTES;
+                if start >= window.size {
+                    break;
+                }
+                if st.read_ahead_from.is_none_or(|from| from < start) {
+                    st.read_ahead_from = Some(start);
+                    starts.push(start);
+                }
+            }
+        }
+        for start in starts {
+            let (client, chunks) = (self.client.clone(), self.chunks.clone());
+            tokio::spawn(async move {
+                let end = start + EXTENT_WINDOW_BYTES;
+                let ahead = match fetch_window(&client, ino, start, end).await {
+                    Ok(w) => w,
+                    Err(e) => return debug!(ino, error = %e, "read-ahead: extents failed"),
+                };
+                let remote: Vec<ChunkId> = chunks_needed(&ahead.extents, start, end)
+                    .into_iter()
+                    .filter(|id| !ahead.inline.contains_key(id))
+                    .collect();
+                if let Err(e) = chunks.get_many(remote).await {
+                    debug!(ino, error = %e, "read-ahead: chunk fetch failed");
+                }
+            });
+        }
     }
 
     /// The committed bytes of `[offset, min(end, committed size))`.
@@ -265,43 +315,7 @@ impl PlaitFs {
     /// The extents of `[start, end)`, asking again from the end of the last extent while
     /// the service returns full pages (it caps the extents per reply).
     async fn fetch_window(&self, ino: Ino, start: u64, end: u64) -> Result<ExtentWindow, FsError> {
-        let mut extents: Vec<Extent> = Vec::new();
-        let mut inline: HashMap<ChunkId, ChunkData> = HashMap::new();
-        let mut cursor = start;
-        loop {
-            let reply = self
-                .client
-                .query(MetaQuery::Extents {
-                    ino,
-                    offset: cursor,
-                    len: end - cursor,
-                })
-                .await?;
-            let MetaReply::Extents {
-                attr,
-                extents: page,
-                inline: bodies,
-            } = reply
-            else {
-                return Err(unexpected("Extents", &reply));
-            };
-            // Named by hashing, so a body is only ever used as the bytes of its own id.
-            for body in bodies {
-                inline.insert(ChunkId::of(&body), Arc::new(body));
-            }
-            let next = page.last().map_or(cursor, Extent::end);
-            extents.extend(page.into_iter().filter(|e| e.end() > cursor));
-            if next <= cursor || next >= end || next >= attr.size {
-                return Ok(ExtentWindow {
-                    start,
-                    end,
-                    size: attr.size,
-                    extents,
-                    inline,
-                });
-            }
-            cursor = next;
-        }
+        fetch_window(&self.client, ino, start, end).await
     }
 
     /// Buffers `data` at `offset` of file `ino` (handle `fh`) and returns its length.
@@ -648,4 +662,50 @@ fn begin_flush(entry: &InodeEntry) -> Option<Arc<DirtyBuffer>> {
     let snapshot = Arc::new(std::mem::take(&mut st.dirty));
     st.flushing = Some(snapshot.clone());
     Some(snapshot)
+}
+
+/// The extents of `[start, end)` of `ino`, asking again from the end of the last extent
+/// while the service returns full pages (it caps the extents per reply).
+async fn fetch_window(
+    client: &ClusterClient,
+    ino: Ino,
+    start: u64,
+    end: u64,
+) -> Result<ExtentWindow, FsError> {
+    let mut extents: Vec<Extent> = Vec::new();
+    let mut inline: HashMap<ChunkId, ChunkData> = HashMap::new();
+    let mut cursor = start;
+    loop {
+        let reply = client
+            .query(MetaQuery::Extents {
+                ino,
+                offset: cursor,
+                len: end - cursor,
+            })
+            .await?;
+        let MetaReply::Extents {
+            attr,
+            extents: page,
+            inline: bodies,
+        } = reply
+        else {
+            return Err(unexpected("Extents", &reply));
+        };
+        // Named by hashing, so a body is only ever used as the bytes of its own id.
+        for body in bodies {
+            inline.insert(ChunkId::of(&body), Arc::new(body));
+        }
+        let next = page.last().map_or(cursor, Extent::end);
+        extents.extend(page.into_iter().filter(|e| e.end() > cursor));
+        if next <= cursor || next >= end || next >= attr.size {
+            return Ok(ExtentWindow {
+                start,
+                end,
+                size: attr.size,
+                extents,
+                inline,
+            });
+        }
+        cursor = next;
+    }
 }

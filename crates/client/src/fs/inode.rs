@@ -42,6 +42,9 @@ pub(crate) struct InodeData {
     /// Bumped whenever the committed extents may have changed (open, flush, truncate);
     /// a read only caches a window if the generation did not move while it fetched it.
     pub(crate) extent_gen: u64,
+    /// Start of the furthest window a read-ahead was started for (see
+    /// [`crate::fs::PlaitFs::read`]): each window is fetched ahead once.
+    pub(crate) read_ahead_from: Option<u64>,
 }
 
 impl InodeData {
@@ -64,6 +67,7 @@ impl InodeData {
     /// Forgets the cached extents; reads fetch them again.
     pub(crate) fn invalidate_extents(&mut self) {
         self.extents = None;
+        self.read_ahead_from = None;
         self.extent_gen = self.extent_gen.wrapping_add(1);
     }
 

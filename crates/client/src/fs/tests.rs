@@ -444,3 +444,52 @@ async fn xattrs_statfs_and_fallocate() {
     assert_eq!(fs.getattr(ino).await.unwrap().size, 150);
     fs.release(ino, fh).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_sequential_reader_finds_the_next_windows_fetched_ahead() {
+    use super::extents::EXTENT_WINDOW_BYTES;
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (ino, fh) = new_file(&fs, "big").await;
+    let window = EXTENT_WINDOW_BYTES as usize;
+    // Four windows, each its own chunk (distinct bytes, so distinct ids).
+    for w in 0..4u8 {
+        fs.write(ino, fh, (w as usize * window) as u64, &vec![w + 1; window])
+            .await
+            .unwrap();
+    }
+    fs.release(ino, fh).await.unwrap();
+
+    let reader = mount(&fake, FsConfig::default()).await;
+    let fh = reader.open(ino, false).await.unwrap();
+    // A read in the second half of the first window looks sequential: the next two
+    // windows are fetched ahead, the last one not yet.
+    let half = (window / 2) as u64;
+    let got = reader.read(ino, fh, half, 1024).await.unwrap();
+    assert_eq!(got, vec![1u8; 1024]);
+    for _ in 0..200 {
+        if state(&fake).chunk_gets >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(state(&fake).chunk_gets, 3);
+    // Reading them costs no further fetch; the fourth window is fetched ahead then.
+    let got = reader
+        .read(ino, fh, EXTENT_WINDOW_BYTES + half, 1024)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![2u8; 1024]);
+    let got = reader
+        .read(ino, fh, 2 * EXTENT_WINDOW_BYTES, 1024)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![3u8; 1024]);
+    for _ in 0..200 {
+        if state(&fake).chunk_gets >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(state(&fake).chunk_gets, 4);
+}
