@@ -459,6 +459,10 @@ impl Filesystem for PlaitFuse {
         reply: ReplyData,
     ) {
         let ino = self.vol(ino);
+        // Bytes that came inline with the cached extents: answered here, no task hop.
+        if let Some(bytes) = self.ctx.fs.read_local(ino, fh.0, offset, size) {
+            return reply.data(&bytes);
+        }
         self.spawn(move |ctx| async move {
             match ctx.fs.read(ino, fh.0, offset, size).await {
                 Ok(bytes) => reply.data(&bytes),
@@ -504,6 +508,10 @@ impl Filesystem for PlaitFuse {
         reply: ReplyEmpty,
     ) {
         let ino = self.vol(ino);
+        // Nothing buffered, no lock of this owner: answered here, without a task hop.
+        if self.ctx.fs.flush_is_noop(ino, lock_owner.0) {
+            return reply.ok();
+        }
         self.spawn(move |ctx| async move {
             // Closing any descriptor drops the process's POSIX locks on the file.
             let result = match ctx.fs.flush(ino).await {

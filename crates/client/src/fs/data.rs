@@ -218,6 +218,45 @@ impl PlaitFs {
         Ok(buf)
     }
 
+    /// A read answered without waiting, if one can be: the cached extent window covers
+    /// it and every chunk it needs came inline with that window (a small file just
+    /// opened). Lets the mount answer in the kernel request's own thread; `None` means
+    /// "ask [`Self::read`]". Never starts read-ahead (inline bytes need none).
+    pub fn read_local(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Option<Vec<u8>> {
+        self.check_file(ino, fh).ok()?;
+        let len = u64::from(size);
+        let entry = self.inode_entry(ino)?;
+        let (overlay, dirty_end, window) = {
+            let st = entry.lock();
+            let window = st
+                .extents
+                .clone()
+                .filter(|w| w.covers(offset, offset.saturating_add(len.max(1))))?;
+            (st.overlay_for(offset, len), st.dirty_end(), window)
+        };
+        let file_size = window.size.max(dirty_end.unwrap_or(0));
+        let end = offset.saturating_add(len).min(file_size);
+        if offset >= end || len == 0 {
+            return Some(Vec::new());
+        }
+        let committed_end = end.min(window.size);
+        let mut chunks = HashMap::new();
+        if offset < committed_end {
+            for id in chunks_needed(&window.extents, offset, committed_end) {
+                chunks.insert(id, window.inline.get(&id)?.clone());
+            }
+        }
+        let mut buf = if offset < committed_end {
+            let len = (committed_end - offset) as usize;
+            assemble(offset, len, &window.extents, &chunks).ok()?
+        } else {
+            Vec::new()
+        };
+        buf.resize((end - offset) as usize, 0);
+        overlay.overlay(offset, &mut buf);
+        Some(buf)
+    }
+
     /// A read in window `window` that ends at `end`: if the reader looks sequential (it
     /// reached the second half of the window, or this window was itself read ahead) and
     /// the file goes on, starts fetching the chunks of the next [`READ_AHEAD_WINDOWS`]

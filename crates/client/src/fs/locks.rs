@@ -814,6 +814,27 @@ impl PlaitFs {
         Ok(())
     }
 
+    /// True if a FLUSH (close of a descriptor) of `ino` by lock owner `owner` has nothing
+    /// to do: no bytes buffered or being flushed, and the owner holds nothing here. Lets
+    /// the mount answer in the kernel request's own thread; false means "run
+    /// [`Self::flush`] and [`Self::release_lock_owner`]". Checked under the same owner
+    /// stripe a lock request holds, so a request in flight sends it the slow way.
+    pub fn flush_is_noop(&self, ino: Ino, owner: u64) -> bool {
+        let Ok(_stripe) = self.locks.stripe(ino, owner).try_lock() else {
+            return false;
+        };
+        if lock(&self.locks.owners).contains_key(&(ino, owner)) {
+            return false;
+        }
+        match self.inode_entry(ino) {
+            None => true,
+            Some(entry) => match entry.flush_lock.try_lock() {
+                Ok(_flushing) => entry.lock().is_clean(),
+                Err(_) => false,
+            },
+        }
+    }
+
     /// Drops every lock and waiter of `owner` on `ino` (close of a descriptor, or with
     /// `fh` the last close of that flock'ed handle), after committing buffered bytes. No
     /// request if the owner never locked the file on this mount, or if `fh` is given and

@@ -493,3 +493,41 @@ async fn a_sequential_reader_finds_the_next_windows_fetched_ahead() {
     }
     assert_eq!(state(&fake).chunk_gets, 4);
 }
+
+#[tokio::test]
+async fn inline_bytes_and_clean_closes_are_answered_without_waiting() {
+    let fake = fake::new_fake();
+    let fs = mount(&fake, FsConfig::default()).await;
+    let (small, fh) = new_file(&fs, "small").await;
+    fs.write(small, fh, 0, b"hello inline").await.unwrap();
+    // Buffered bytes: a close has work to do.
+    assert!(!fs.flush_is_noop(small, 7));
+    fs.release(small, fh).await.unwrap();
+    let (big, fh) = new_file(&fs, "big").await;
+    fs.write(big, fh, 0, &vec![5u8; INLINE_CHUNK_MAX_BYTES + 1])
+        .await
+        .unwrap();
+    fs.release(big, fh).await.unwrap();
+
+    let reader = mount(&fake, FsConfig::default()).await;
+    let fh = reader.open(small, false).await.unwrap();
+    // The open fetched the extents with the inline bytes: the read needs nothing else,
+    // and says the same as the waiting read.
+    let local = reader
+        .read_local(small, fh, 0, 100)
+        .expect("answered locally");
+    assert_eq!(local, b"hello inline");
+    assert_eq!(reader.read(small, fh, 0, 100).await.unwrap(), local);
+    assert_eq!(reader.read_local(small, fh, 6, 3).unwrap(), b"inl");
+    assert_eq!(reader.read_local(small, fh, 50, 10).unwrap(), b"");
+    // A wrong handle is the slow path's to report.
+    assert!(reader.read_local(small, fh + 1000, 0, 10).is_none());
+    assert!(reader.flush_is_noop(small, 7));
+    reader.release(small, fh).await.unwrap();
+
+    // Bytes on data nodes are never read here.
+    let fh = reader.open(big, false).await.unwrap();
+    let _ = reader.read(big, fh, 0, 10).await.unwrap();
+    assert!(reader.read_local(big, fh, 0, 10).is_none());
+    reader.release(big, fh).await.unwrap();
+}
