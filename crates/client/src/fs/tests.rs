@@ -445,6 +445,18 @@ async fn xattrs_statfs_and_fallocate() {
     fs.release(ino, fh).await.unwrap();
 }
 
+/// The fake's chunk fetch count once it reached `n` (read-ahead runs in the background),
+/// or after about a second.
+async fn chunk_gets_reaching(fake: &Fake, n: usize) -> usize {
+    for _ in 0..200 {
+        if state(fake).chunk_gets >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    state(fake).chunk_gets
+}
+
 #[tokio::test]
 async fn a_sequential_reader_finds_the_next_windows_fetched_ahead() {
     use super::extents::EXTENT_WINDOW_BYTES;
@@ -467,13 +479,7 @@ async fn a_sequential_reader_finds_the_next_windows_fetched_ahead() {
     let half = (window / 2) as u64;
     let got = reader.read(ino, fh, half, 1024).await.unwrap();
     assert_eq!(got, vec![1u8; 1024]);
-    for _ in 0..200 {
-        if state(&fake).chunk_gets >= 3 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    assert_eq!(state(&fake).chunk_gets, 3);
+    assert_eq!(chunk_gets_reaching(&fake, 3).await, 3);
     // Reading them costs no further fetch; the fourth window is fetched ahead then.
     let got = reader
         .read(ino, fh, EXTENT_WINDOW_BYTES + half, 1024)
@@ -485,13 +491,7 @@ async fn a_sequential_reader_finds_the_next_windows_fetched_ahead() {
         .await
         .unwrap();
     assert_eq!(got, vec![3u8; 1024]);
-    for _ in 0..200 {
-        if state(&fake).chunk_gets >= 4 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    assert_eq!(state(&fake).chunk_gets, 4);
+    assert_eq!(chunk_gets_reaching(&fake, 4).await, 4);
 }
 
 #[tokio::test]
