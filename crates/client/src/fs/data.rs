@@ -226,34 +226,30 @@ impl PlaitFs {
         self.check_file(ino, fh).ok()?;
         let len = u64::from(size);
         let entry = self.inode_entry(ino)?;
-        let (overlay, dirty_end, window) = {
-            let st = entry.lock();
-            let window = st
-                .extents
-                .clone()
-                .filter(|w| w.covers(offset, offset.saturating_add(len.max(1))))?;
-            (st.overlay_for(offset, len), st.dirty_end(), window)
-        };
-        let file_size = window.size.max(dirty_end.unwrap_or(0));
+        let st = entry.lock();
+        let window = st
+            .extents
+            .as_ref()
+            .filter(|w| w.covers(offset, offset.saturating_add(len.max(1))))?;
+        let file_size = window.size.max(st.dirty_end().unwrap_or(0));
         let end = offset.saturating_add(len).min(file_size);
-        if offset >= end || len == 0 {
+        if offset >= end {
             return Some(Vec::new());
         }
+        // Every chunk must have come inline; only then are buffered bytes copied.
         let committed_end = end.min(window.size);
-        let mut chunks = HashMap::new();
-        if offset < committed_end {
+        let mut buf = if offset < committed_end {
+            let mut chunks = HashMap::new();
             for id in chunks_needed(&window.extents, offset, committed_end) {
                 chunks.insert(id, window.inline.get(&id)?.clone());
             }
-        }
-        let mut buf = if offset < committed_end {
             let len = (committed_end - offset) as usize;
             assemble(offset, len, &window.extents, &chunks).ok()?
         } else {
             Vec::new()
         };
         buf.resize((end - offset) as usize, 0);
-        overlay.overlay(offset, &mut buf);
+        st.overlay_for(offset, len).overlay(offset, &mut buf);
         Some(buf)
     }
 

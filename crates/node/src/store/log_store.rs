@@ -57,15 +57,23 @@ fn sync_wal_forever(
         {
             batch.push(more);
         }
-        match db.raw().flush_wal(true) {
-            Ok(()) => {
-                let last = batch.iter().max().copied();
-                durable.send_modify(|d| d.last = d.last.max(last));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "fsync of the Raft log failed");
-                durable.send_modify(|d| d.failed = true);
-            }
+        let synced = db.raw().flush_wal(true);
+        record_sync(&durable, &synced, batch.iter().max().copied());
+    }
+}
+
+/// Publishes the outcome of an fsync that covered the log up to `last`: the new durable
+/// log id, or that the log can no longer be trusted durable (applying stops).
+fn record_sync(
+    durable: &DurableSender,
+    synced: &Result<(), rocksdb::Error>,
+    last: Option<LogId<u64>>,
+) {
+    match synced {
+        Ok(()) => durable.send_modify(|d| d.last = d.last.max(last)),
+        Err(e) => {
+            tracing::error!(error = %e, "fsync of the Raft log failed");
+            durable.send_modify(|d| d.failed = true);
         }
     }
 }
@@ -266,17 +274,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
             let synced = self.db.raw().write_opt(batch, &wo);
-            match &synced {
-                Ok(()) => self
-                    .durable_tx
-                    .send_modify(|d| d.last = d.last.max(Some(last))),
-                Err(e) => {
-                    tracing::error!(error = %e, "fsync of the Raft log failed");
-                    self.durable_tx.send_modify(|d| d.failed = true);
+            record_sync(&self.durable_tx, &synced, Some(last));
+            return match synced {
+                Ok(()) => {
+                    callback.log_io_completed(Ok(()));
+                    Ok(())
                 }
-            }
-            callback.log_io_completed(synced.map_err(|e| std::io::Error::other(e.to_string())));
-            return Ok(());
+                Err(e) => {
+                    callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                    Err(StorageIOError::write_logs(&e).into())
+                }
+            };
         }
         // The leader's own entries: reported written now, made durable by the syncer
         // thread (group commit) while they are replicated.
@@ -286,10 +294,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         if self.syncs.send(last).is_err() {
             // The syncer is gone (only at shutdown): sync here instead.
-            if self.db.raw().flush_wal(true).is_ok() {
-                self.durable_tx
-                    .send_modify(|d| d.last = d.last.max(Some(last)));
-            }
+            let synced = self.db.raw().flush_wal(true);
+            record_sync(&self.durable_tx, &synced, Some(last));
         }
         callback.log_io_completed(Ok(()));
         Ok(())

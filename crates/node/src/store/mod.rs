@@ -36,6 +36,13 @@ const STATE_BLOCK_CACHE_BYTES: usize = 128 * 1024 * 1024;
 /// asks one) mostly skips the table files.
 const STATE_BLOOM_BITS_PER_KEY: f64 = 10.0;
 
+/// The state's table option that puts blocks of freshly flushed tables in the block
+/// cache as they are written (RocksDB 7.8's C API has no setter; its options string does).
+const STATE_PREPOPULATE_OPTION: (&str, &str) = (
+    "block_based_table_factory",
+    "{prepopulate_block_cache=kFlushOnly;}",
+);
+
 /// Errors opening or using the node's database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -86,17 +93,10 @@ impl Db {
                 return Err(StoreError::MissingCf(name));
             }
         }
-        // Blocks of freshly flushed tables go to the block cache as they are written, so
-        // state written recently is read from memory even after the kernel dropped its
-        // page cache (the C API of RocksDB 7.8 has no setter; its options string does).
+        // State written recently is then read from memory even after the kernel dropped
+        // its page cache.
         if let Some(cf) = db.cf_handle(CF_STATE)
-            && let Err(e) = db.set_options_cf(
-                cf,
-                &[(
-                    "block_based_table_factory",
-                    "{prepopulate_block_cache=kFlushOnly;}",
-                )],
-            )
+            && let Err(e) = db.set_options_cf(cf, &[STATE_PREPOPULATE_OPTION])
         {
             tracing::warn!(error = %e, "could not enable block cache prepopulation");
         }
@@ -137,13 +137,7 @@ mod tests {
         let db = Db::open(dir.path()).unwrap();
         let cf = db.cf(CF_STATE).unwrap();
         db.raw()
-            .set_options_cf(
-                cf,
-                &[(
-                    "block_based_table_factory",
-                    "{prepopulate_block_cache=kFlushOnly;}",
-                )],
-            )
+            .set_options_cf(cf, &[STATE_PREPOPULATE_OPTION])
             .unwrap();
     }
 }
