@@ -50,6 +50,8 @@ pub(crate) struct FakeState {
     pub(crate) extent_queries: usize,
     /// Number of `ChunkGet` requests received.
     pub(crate) chunk_gets: usize,
+    /// Number of chunk puts refused because of `fail_puts`.
+    pub(crate) chunk_puts_failed: usize,
 }
 
 /// A shared fake cluster.
@@ -159,6 +161,7 @@ impl FakeState {
 
     fn put(&mut self, id: ChunkId, data: &[u8]) -> Result<Response, RpcError> {
         if let Some(code) = self.fail_puts {
+            self.chunk_puts_failed += 1;
             return Err(err(code));
         }
         if ChunkId::of(data) != id {

@@ -115,6 +115,7 @@ pub fn mount_blocking(
     let notifier = Arc::new(std::sync::OnceLock::new());
     let fs = Arc::new(fs);
     let recalls = rt.spawn(fs.clone().serve_recalls());
+    let write_behind = rt.spawn(fs.clone().serve_write_behind());
     let adapter = PlaitFuse::new(fs, rt.clone(), notifier.clone());
     let mut session =
         Session::new(adapter, &mountpoint, &session_config(&opts)).map_err(FuseError::Mount)?;
@@ -126,6 +127,7 @@ pub fn mount_blocking(
     watcher.abort();
     renewals.abort();
     recalls.abort();
+    write_behind.abort();
     rt.block_on(lock_session.close());
     info!(mountpoint = %mountpoint.display(), "unmounted");
     result.map_err(FuseError::Session)

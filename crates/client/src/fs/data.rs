@@ -16,6 +16,7 @@ use super::dirty::DirtyBuffer;
 use super::extents::{EXTENT_WINDOW_BYTES, ExtentWindow, assemble, chunks_needed, window_for};
 use super::inode::InodeEntry;
 use super::names::{OpenIntent, check_name, may_open};
+use super::write_behind::WRITE_BEHIND_MIN_CHUNKS;
 use crate::{ClusterClient, StoredChunk};
 
 use super::{FsError, PlaitFs, WRITE_EXTENTS_MAX, expect_attr, lock, unexpected};
@@ -377,6 +378,13 @@ impl PlaitFs {
         let before = st.held_bytes();
         st.dirty.write(offset, data);
         self.account(before, st.held_bytes());
+        // Whole chunks go behind the writer (see `write_behind`); one request at a time.
+        if !st.write_behind_queued
+            && st.flushing.is_none()
+            && st.dirty.full_blocks_at(offset, CHUNK_MAX_BYTES as u64) >= WRITE_BEHIND_MIN_CHUNKS
+        {
+            st.write_behind_queued = self.write_behind.request(ino);
+        }
         Ok(written)
     }
 
@@ -415,10 +423,17 @@ impl PlaitFs {
         Ok(written)
     }
 
-    /// Flushes until `len` more bytes fit under the per-file and the total bound.
+    /// Flushes until `len` more bytes fit under the per-file and the total bound. For the
+    /// file's own bound the whole chunks go first (a flush behind the writer may be
+    /// storing some already: this waits for it), and only then everything.
     async fn make_room(&self, ino: Ino, entry: &Arc<InodeEntry>, len: u64) -> Result<(), FsError> {
-        if entry.lock().held_bytes() + len > self.config.dirty_max_bytes {
-            self.flush_entry(ino, entry).await?;
+        let over =
+            |entry: &InodeEntry| entry.lock().held_bytes() + len > self.config.dirty_max_bytes;
+        if over(entry) {
+            self.flush_whole_chunks(ino, entry).await?;
+            if over(entry) {
+                self.flush_entry(ino, entry).await?;
+            }
         }
         for _ in 0..TOTAL_FLUSH_ROUNDS_MAX {
             if self.dirty_total_bytes() + len <= self.config.dirty_total_max_bytes {
@@ -520,15 +535,42 @@ impl PlaitFs {
         result
     }
 
+    /// Flushes only the whole aligned chunks buffered for `ino` (see `write_behind`),
+    /// under its flush lock.
+    pub(super) async fn flush_whole_chunks(
+        &self,
+        ino: Ino,
+        entry: &Arc<InodeEntry>,
+    ) -> Result<(), FsError> {
+        let guard = entry.flush_lock.lock().await;
+        let result = match begin_flush(self, entry, FlushScope::WholeChunks) {
+            Some(snapshot) => self.flush_snapshot(ino, entry, snapshot).await,
+            None => Ok(()),
+        };
+        drop(guard);
+        self.forget_if_idle(ino);
+        result
+    }
+
     /// The flush itself; the caller holds `entry.flush_lock`.
     ///
     /// The dirty bytes move to `flushing` (new writes start a fresh buffer), are cut into
     /// chunks, uploaded, and committed as extents. Only then are they dropped; on failure
     /// they go back under the newer writes.
     pub(super) async fn flush_locked(&self, ino: Ino, entry: &InodeEntry) -> Result<(), FsError> {
-        let Some(snapshot) = begin_flush(entry) else {
-            return Ok(());
-        };
+        match begin_flush(self, entry, FlushScope::All) {
+            Some(snapshot) => self.flush_snapshot(ino, entry, snapshot).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stores and commits `snapshot` (already moved to `flushing`), then settles it.
+    async fn flush_snapshot(
+        &self,
+        ino: Ino,
+        entry: &InodeEntry,
+        snapshot: Arc<DirtyBuffer>,
+    ) -> Result<(), FsError> {
         let result = self.upload_and_commit(ino, &snapshot).await;
         self.finish_flush(ino, entry, snapshot, &result);
         result
@@ -688,13 +730,39 @@ fn write_batches(stored: &[(Extent, Stored)]) -> Vec<&[(Extent, Stored)]> {
     out
 }
 
-/// Moves the dirty bytes of `entry` to `flushing` and returns them, if there are any.
-fn begin_flush(entry: &InodeEntry) -> Option<Arc<DirtyBuffer>> {
+/// Which buffered bytes a flush takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlushScope {
+    /// Every dirty byte (close, fsync, the bounds).
+    All,
+    /// Only whole aligned chunks (write-behind).
+    WholeChunks,
+}
+
+/// Moves the dirty bytes of `entry` in `scope` to `flushing` and returns them, if there
+/// are any. The caller holds the flush lock, so nothing is being flushed yet.
+fn begin_flush(fs: &PlaitFs, entry: &InodeEntry, scope: FlushScope) -> Option<Arc<DirtyBuffer>> {
     let mut st = entry.lock();
-    if st.dirty.is_empty() {
+    // Flushes of one inode are serialized, so bytes still marked as flushing belong to a
+    // flush that was cancelled half-way: they were never settled, so they are dirty again
+    // (under anything written since).
+    if let Some(stale) = st.flushing.take() {
+        let before = st.held_bytes() + stale.total_bytes();
+        let newer = std::mem::take(&mut st.dirty);
+        let mut restored = Arc::unwrap_or_clone(stale);
+        restored.absorb_newer(&newer);
+        st.dirty = restored;
+        fs.account(before, st.held_bytes());
+    }
+    st.write_behind_queued = false;
+    let taken = match scope {
+        FlushScope::All => std::mem::take(&mut st.dirty),
+        FlushScope::WholeChunks => st.dirty.take_full_blocks(CHUNK_MAX_BYTES as u64),
+    };
+    if taken.is_empty() {
         return None;
     }
-    let snapshot = Arc::new(std::mem::take(&mut st.dirty));
+    let snapshot = Arc::new(taken);
     st.flushing = Some(snapshot.clone());
     Some(snapshot)
 }

@@ -207,6 +207,73 @@ impl DirtyBuffer {
         let to = from.checked_add(usize::try_from(piece.len).ok()?)?;
         bytes.get(from..to)
     }
+
+    /// How many whole aligned blocks of `block_bytes` (starting at multiples of it) the
+    /// range holding `offset` covers; 0 if no range holds it. Looks at that one range
+    /// only, so a writer can ask after every write at the cost of one map lookup.
+    pub fn full_blocks_at(&self, offset: u64, block_bytes: u64) -> u64 {
+        let Some((&start, bytes)) = self.ranges.range(..=offset).next_back() else {
+            return 0;
+        };
+        if range_end(start, bytes) <= offset {
+            return 0;
+        }
+        let block = block_bytes.max(1);
+        full_blocks(start, range_end(start, bytes), block)
+            .map_or(0, |(from, to)| (to - from) / block)
+    }
+
+    /// Removes and returns the bytes of every whole aligned block of `block_bytes` (a
+    /// block starts at a multiple of it and every byte of it is buffered); the bytes
+    /// around them stay. What is taken is what a flush can store as whole chunks now,
+    /// without cutting a chunk that later writes would complete.
+    pub fn take_full_blocks(&mut self, block_bytes: u64) -> DirtyBuffer {
+        let block = block_bytes.max(1);
+        let mut out = DirtyBuffer::new();
+        let spans: Vec<(u64, u64, u64)> = self
+            .ranges
+            .iter()
+            .filter_map(|(start, bytes)| {
+                full_blocks(*start, range_end(*start, bytes), block).map(|(f, t)| (*start, f, t))
+            })
+            .collect();
+        for (start, from, to) in spans {
+            let Some(mut bytes) = self.ranges.remove(&start) else {
+                continue;
+            };
+            self.total_bytes -= bytes.len() as u64;
+            // Split into [start, from) (stays), [from, to) (taken), [to, end) (stays):
+            // the taken middle keeps the original allocation when `from == start`.
+            let tail = bytes.split_off((to - start) as usize);
+            let middle = if from == start {
+                bytes
+            } else {
+                let middle = bytes.split_off((from - start) as usize);
+                self.insert_unmerged(start, bytes);
+                middle
+            };
+            self.insert_unmerged(to, tail);
+            out.insert_unmerged(from, middle);
+        }
+        out
+    }
+
+    /// Inserts `bytes` at `start` where the caller knows no range overlaps or touches it.
+    fn insert_unmerged(&mut self, start: u64, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.total_bytes += bytes.len() as u64;
+        self.ranges.insert(start, bytes);
+    }
+}
+
+/// The whole aligned blocks of `block` within `[start, end)`: from the first block start
+/// at or after `start` to the last block end at or before `end`, if that is not empty.
+fn full_blocks(start: u64, end: u64, block: u64) -> Option<(u64, u64)> {
+    let from = start.div_ceil(block).checked_mul(block)?;
+    let to = (end / block) * block;
+    (from < to).then_some((from, to))
 }
 
 #[cfg(test)]
@@ -318,6 +385,62 @@ mod tests {
                 assert_eq!(*byte, want, "byte {i}");
             }
             assert_eq!(b.total_bytes(), model.len() as u64);
+        }
+    }
+
+    #[test]
+    fn taking_full_blocks_splits_a_range_and_loses_nothing() {
+        let mut b = DirtyBuffer::new();
+        b.write(3, &[1u8; 15]); // 3..18, blocks of 4: 4..16 are whole
+        b.write(30, &[2u8; 2]); // no whole block
+        assert_eq!(b.full_blocks_at(10, 4), 3);
+        assert_eq!(b.full_blocks_at(30, 4), 0);
+        assert_eq!(b.full_blocks_at(25, 4), 0, "a gap holds nothing");
+        let taken = b.take_full_blocks(4);
+        check_invariants(&b);
+        check_invariants(&taken);
+        assert_eq!(ranges(&taken), vec![(4, vec![1u8; 12])]);
+        assert_eq!(
+            ranges(&b),
+            vec![(3, vec![1u8]), (16, vec![1u8; 2]), (30, vec![2u8; 2])]
+        );
+        assert_eq!(b.full_blocks_at(3, 4), 0);
+        assert!(b.take_full_blocks(4).is_empty());
+    }
+
+    #[test]
+    fn random_takes_of_full_blocks_partition_the_buffer() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        for _round in 0..50 {
+            let mut b = DirtyBuffer::new();
+            for i in 0..20u8 {
+                let len = next(40) + 1;
+                b.write(next(200), &vec![i; len as usize]);
+            }
+            let before = b.clone();
+            let block = next(16) + 1;
+            let taken = b.take_full_blocks(block);
+            check_invariants(&b);
+            check_invariants(&taken);
+            assert_eq!(b.total_bytes() + taken.total_bytes(), before.total_bytes());
+            for (start, bytes) in taken.ranges() {
+                assert_eq!(start % block, 0, "taken range starts on a block");
+                assert_eq!(bytes.len() as u64 % block, 0, "taken range is whole blocks");
+            }
+            assert!(
+                b.take_full_blocks(block).is_empty(),
+                "nothing whole is left"
+            );
+            // Together they still read as the original buffer.
+            let mut merged = b.clone();
+            merged.absorb_newer(&taken);
+            assert_eq!(ranges(&merged), ranges(&before));
         }
     }
 

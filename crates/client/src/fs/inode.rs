@@ -37,6 +37,9 @@ pub(crate) struct InodeData {
     pub(crate) dirty: DirtyBuffer,
     /// Bytes a flush is uploading and committing right now.
     pub(crate) flushing: Option<Arc<DirtyBuffer>>,
+    /// A flush of whole chunks behind the writer is queued (see
+    /// [`crate::fs::PlaitFs::serve_write_behind`]); cleared when any flush starts.
+    pub(crate) write_behind_queued: bool,
     /// The last extent window a read fetched, valid until `extent_gen` changes.
     pub(crate) extents: Option<Arc<ExtentWindow>>,
     /// Bumped whenever the committed extents may have changed (open, flush, truncate);

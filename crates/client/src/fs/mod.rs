@@ -27,6 +27,7 @@ mod inode;
 mod locks;
 mod names;
 mod statahead;
+mod write_behind;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -188,6 +189,8 @@ pub struct PlaitFs {
     locks: locks::MountLocks,
     /// Directory snapshots that answer runs of lookups.
     statahead: Statahead,
+    /// Inodes whose whole chunks wait to be flushed behind their writer.
+    write_behind: write_behind::WriteBehind,
 }
 
 impl PlaitFs {
@@ -217,6 +220,7 @@ impl PlaitFs {
             dirty_total_bytes: AtomicU64::new(0),
             locks: locks::MountLocks::default(),
             statahead,
+            write_behind: write_behind::WriteBehind::default(),
         }
     }
 

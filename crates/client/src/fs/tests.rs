@@ -531,3 +531,88 @@ async fn inline_bytes_and_clean_closes_are_answered_without_waiting() {
     assert!(reader.read_local(big, fh, 0, 10).is_none());
     reader.release(big, fh).await.unwrap();
 }
+
+/// Waits (at most about a second) until the fake has `n` extents committed for `ino`.
+async fn committed_extents_reaching(fake: &Fake, ino: Ino, n: usize) -> usize {
+    let count = |fake: &Fake| state(fake).extents.get(&ino).map_or(0, |e| e.len());
+    for _ in 0..200 {
+        if count(fake) >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    count(fake)
+}
+
+#[tokio::test]
+async fn whole_chunks_are_flushed_behind_a_sequential_writer() {
+    let fake = fake::new_fake();
+    let fs = Arc::new(mount(&fake, FsConfig::default()).await);
+    let serving = tokio::spawn(fs.clone().serve_write_behind());
+    let (ino, fh) = new_file(&fs, "big").await;
+    let data: Vec<u8> = (0..2 * CHUNK_MAX_BYTES + 1000)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    for (k, piece) in data.chunks(MIB).enumerate() {
+        fs.write(ino, fh, (k * MIB) as u64, piece).await.unwrap();
+    }
+    // Before any flush or close, both whole chunks are committed; the tail is not.
+    assert_eq!(committed_extents_reaching(&fake, ino, 2).await, 2);
+    let chunk = CHUNK_MAX_BYTES as u64;
+    {
+        let st = state(&fake);
+        let lens: Vec<u64> = st.extents[&ino].values().map(|e| e.len).collect();
+        assert_eq!(lens, vec![chunk, chunk], "aligned whole chunks only");
+    }
+    // Everything reads back meanwhile: committed chunks and the buffered tail.
+    let at = 2 * chunk - 10;
+    let got = fs.read(ino, fh, at, 1010).await.unwrap();
+    assert_eq!(got, &data[at as usize..]);
+    fs.release(ino, fh).await.unwrap();
+    {
+        let st = state(&fake);
+        assert_eq!(st.file_bytes(ino), data);
+        let lens: Vec<u64> = st.extents[&ino].values().map(|e| e.len).collect();
+        assert_eq!(
+            lens,
+            vec![chunk, chunk, 1000],
+            "same chunks as a flush at close"
+        );
+    }
+    assert_eq!(fs.dirty_total_bytes(), 0);
+    serving.abort();
+}
+
+#[tokio::test]
+async fn a_failed_flush_behind_the_writer_is_retried_and_reported_at_close() {
+    let fake = fake::new_fake();
+    let fs = Arc::new(mount(&fake, FsConfig::default()).await);
+    let serving = tokio::spawn(fs.clone().serve_write_behind());
+    let (ino, fh) = new_file(&fs, "big").await;
+    state(&fake).fail_puts = Some(ErrorCode::NoSpace);
+    let data: Vec<u8> = (0..CHUNK_MAX_BYTES + 5).map(|i| (i % 253) as u8).collect();
+    for (k, piece) in data.chunks(MIB).enumerate() {
+        fs.write(ino, fh, (k * MIB) as u64, piece).await.unwrap();
+    }
+    // The flush behind the writer fails; its bytes stay buffered and readable.
+    for _ in 0..200 {
+        if fs
+            .inode_entry(ino)
+            .is_some_and(|e| e.lock().flushing.is_none())
+            && state(&fake).chunk_puts_failed > 0
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(state(&fake).chunk_puts_failed > 0, "the flush behind ran");
+    assert_eq!(fs.dirty_total_bytes(), data.len() as u64);
+    assert_eq!(fs.read(ino, fh, 0, 16).await.unwrap(), &data[..16]);
+    // The close retries and reports the error; once the cluster takes the bytes a
+    // later flush stores them all.
+    assert_eq!(fs.release(ino, fh).await.unwrap_err().errno(), libc::ENOSPC);
+    state(&fake).fail_puts = None;
+    fs.flush(ino).await.unwrap();
+    assert_eq!(state(&fake).file_bytes(ino), data);
+    serving.abort();
+}
