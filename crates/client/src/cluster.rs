@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use plait_net::{NetError, RpcClient, TlsIdentity};
 use plait_proto::{
     ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, MissingCopy, NodeId, NodeInfo, NodeStatus,
@@ -177,6 +178,25 @@ impl Transport {
                 tokio::task::yield_now().await;
                 f(addr, req)
             }
+        }
+    }
+
+    /// Like [`Self::call`] with `req` already encoded as `frame` (a request sent to
+    /// several nodes is encoded once).
+    async fn call_encoded(
+        &self,
+        addr: SocketAddr,
+        req: &Request,
+        frame: &Bytes,
+        timeout: Duration,
+    ) -> Result<Response, NetError> {
+        match self {
+            Transport::Net(rpc) => {
+                let _ = req; // the fake needs it; the network sends the frame
+                rpc.call_encoded(addr, frame, timeout).await
+            }
+            #[cfg(test)]
+            Transport::Fake(_) => self.call(addr, req, timeout).await,
         }
     }
 }
@@ -535,7 +555,9 @@ impl ClusterClient {
                 ),
             ));
         }
-        let req = Arc::new(Request::ChunkPut { id, data });
+        let req = Request::ChunkPut { id, data };
+        let frame = plait_net::encode_request(&req).map_err(|e| net_error(&e))?;
+        let req = Arc::new((req, frame));
         let deadline = Instant::now() + self.op_timeout;
         let stored = StoredChunk {
             id,
@@ -548,7 +570,8 @@ impl ClusterClient {
             let req = req.clone();
             let rpc_timeout = self.rpc_timeout;
             set.spawn(async move {
-                let result = put_replica(&transport, addr, &req, rpc_timeout, deadline).await;
+                let (req, frame) = &*req;
+                let result = put_replica(&transport, addr, req, frame, rpc_timeout, deadline).await;
                 (node, addr, result)
             });
         }
@@ -970,6 +993,7 @@ async fn put_replica(
     transport: &Transport,
     addr: SocketAddr,
     req: &Request,
+    frame: &Bytes,
     rpc_timeout: Duration,
     deadline: Instant,
 ) -> Result<(), RpcError> {
@@ -983,7 +1007,10 @@ async fn put_replica(
                 format!("chunk put to {addr} timed out (last error: {last_error})"),
             ));
         }
-        match transport.call(addr, req, left.min(rpc_timeout)).await {
+        match transport
+            .call_encoded(addr, req, frame, left.min(rpc_timeout))
+            .await
+        {
             Ok(Response::ChunkStored) => return Ok(()),
             Ok(Response::Error(e)) if e.code == ErrorCode::Unavailable => {
                 last_error = e.to_string();

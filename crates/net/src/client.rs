@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use plait_proto::{Envelope, FRAME_MAX_BYTES, Request, Response};
 use quinn::{
     ClientConfig, Connection, ConnectionError, Endpoint, ReadError, ReadToEndError, WriteError,
@@ -41,18 +42,24 @@ enum ExchangeError {
     Other(NetError),
 }
 
+/// Encodes `req` as a request frame for [`RpcClient::call_encoded`].
+pub fn encode_request(req: &Request) -> Result<Bytes, NetError> {
+    Ok(Bytes::from(plait_proto::encode(&Envelope::new(req))?))
+}
+
 impl RpcClient {
     /// A client presenting `identity`'s certificate and trusting only its CA. Must be called
     /// inside a tokio runtime. Its socket is bound to the unspecified address (dual-stack if
     /// the host has IPv6), so the kernel picks the source address of each packet.
     pub fn new(identity: &TlsIdentity) -> Result<Self, NetError> {
-        let endpoint = match Endpoint::client(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))) {
-            Ok(e) => e,
-            Err(e6) => {
-                tracing::debug!(error = %e6, "no IPv6 client socket; using IPv4");
-                Endpoint::client(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?
-            }
-        };
+        let endpoint =
+            match crate::socket::endpoint(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)), None) {
+                Ok(e) => e,
+                Err(e6) => {
+                    tracing::debug!(error = %e6, "no IPv6 client socket; using IPv4");
+                    crate::socket::endpoint(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), None)?
+                }
+            };
         Self::with_endpoint(identity, endpoint)
     }
 
@@ -62,7 +69,7 @@ impl RpcClient {
     /// test's) then see node-to-node traffic as coming from that node. Only peers reachable
     /// from `ip` (same address family) can be called.
     pub fn bound(identity: &TlsIdentity, ip: IpAddr) -> Result<Self, NetError> {
-        let endpoint = Endpoint::client(SocketAddr::new(ip, 0))?;
+        let endpoint = crate::socket::endpoint(SocketAddr::new(ip, 0), None)?;
         Self::with_endpoint(identity, endpoint)
     }
 
@@ -70,7 +77,7 @@ impl RpcClient {
     /// `Request::Join`) and talks only to servers whose chain includes the CA certificate
     /// with blake3 fingerprint `ca_fingerprint`.
     pub fn for_join(ca_fingerprint: [u8; 32]) -> Result<Self, NetError> {
-        let endpoint = Endpoint::client(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+        let endpoint = crate::socket::endpoint(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), None)?;
         Self::with_crypto(tls::join_client_crypto(ca_fingerprint)?, endpoint)
     }
 
@@ -116,8 +123,22 @@ impl RpcClient {
         req: &Request,
         timeout: Duration,
     ) -> Result<Response, NetError> {
-        let frame = plait_proto::encode(&Envelope::new(req))?;
-        let bytes = self.call_raw(addr, &frame, timeout).await?;
+        let frame = encode_request(req)?;
+        self.call_encoded(addr, &frame, timeout).await
+    }
+
+    /// Like [`call`](RpcClient::call) for a request already encoded by
+    /// [`encode_request`]: a request sent to several peers (a chunk to its replicas) is
+    /// encoded once and its bytes shared by every send, not copied.
+    pub async fn call_encoded(
+        &self,
+        addr: SocketAddr,
+        frame: &Bytes,
+        timeout: Duration,
+    ) -> Result<Response, NetError> {
+        let bytes = tokio::time::timeout(timeout, self.call_inner(addr, frame))
+            .await
+            .map_err(|_| NetError::Timeout)??;
         Ok(plait_proto::decode(&bytes)?)
     }
 
@@ -129,12 +150,13 @@ impl RpcClient {
         frame: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, NetError> {
-        tokio::time::timeout(timeout, self.call_inner(addr, frame))
+        let frame = Bytes::copy_from_slice(frame);
+        tokio::time::timeout(timeout, self.call_inner(addr, &frame))
             .await
             .map_err(|_| NetError::Timeout)?
     }
 
-    async fn call_inner(&self, addr: SocketAddr, frame: &[u8]) -> Result<Vec<u8>, NetError> {
+    async fn call_inner(&self, addr: SocketAddr, frame: &Bytes) -> Result<Vec<u8>, NetError> {
         let slot = self.slot(addr);
         let (conn, reused) = self.connection(addr, &slot).await?;
         match exchange(&conn, frame).await {
@@ -205,9 +227,10 @@ async fn forget(slot: &Slot, conn: &Connection) {
 }
 
 /// One request/response on a new bidirectional stream.
-async fn exchange(conn: &Connection, frame: &[u8]) -> Result<Vec<u8>, ExchangeError> {
+async fn exchange(conn: &Connection, frame: &Bytes) -> Result<Vec<u8>, ExchangeError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(ExchangeError::Connection)?;
-    match send.write_all(frame).await {
+    // The stream keeps a reference to the frame's bytes instead of copying them.
+    match send.write_chunk(frame.clone()).await {
         Ok(()) => {
             // Only fails if the stream was already finished or reset: harmless.
             let _ = send.finish();

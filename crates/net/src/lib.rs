@@ -18,13 +18,14 @@
 pub mod certs;
 mod client;
 mod server;
+mod socket;
 mod tls;
 pub mod token;
 
 use std::fmt;
 use std::path::Path;
 
-pub use client::RpcClient;
+pub use client::{RpcClient, encode_request};
 pub use server::{REFUSED, Server, ServerLimits, UNAUTHENTICATED_FRAME_MAX_BYTES};
 
 /// DNS name carried (as a SAN) by every certificate the cluster CA issues; clients verify the

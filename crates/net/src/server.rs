@@ -79,7 +79,7 @@ impl Server {
         )?));
         // Bound handshakes in progress as well as established connections.
         config.max_incoming(limits.max_connections.max(1) as usize);
-        let endpoint = Endpoint::server(config, addr)?;
+        let endpoint = crate::socket::endpoint(addr, Some(config))?;
         tracing::info!(addr = %endpoint.local_addr()?, "QUIC server bound");
         Ok(Server { endpoint, limits })
     }

@@ -1,0 +1,84 @@
+//! The UDP socket under every QUIC endpoint, with buffers sized for chunk transfers.
+//!
+//! The kernel's default receive buffer (about 208 KiB) holds only a few large QUIC
+//! datagrams; a 4 MiB chunk arriving while the receiving task is busy overflows it, the
+//! kernel drops datagrams (`RcvbufErrors` in `/proc/net/snmp`), and QUIC treats the drops
+//! as congestion: it retransmits and slows down. Bigger buffers absorb such bursts.
+
+use std::net::SocketAddr;
+
+use quinn::{Endpoint, EndpointConfig, ServerConfig};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::NetError;
+
+/// Receive and send buffer asked of the kernel for each endpoint's socket, in bytes. The
+/// kernel caps it at `net.core.rmem_max` / `wmem_max`; a smaller grant only costs speed.
+pub(crate) const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// A QUIC endpoint on a new UDP socket bound to `addr` (an IPv6 unspecified address also
+/// accepts IPv4), serving `server` if given.
+pub(crate) fn endpoint(
+    addr: SocketAddr,
+    server: Option<ServerConfig>,
+) -> Result<Endpoint, NetError> {
+    let socket = udp_socket(addr)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| {
+        NetError::Io(std::io::Error::other(
+            "no async runtime for the QUIC endpoint",
+        ))
+    })?;
+    let mut config = EndpointConfig::default();
+    // What this endpoint tells peers it can receive; path MTU discovery never goes past
+    // it (nor past `tls::MTU_UPPER_BOUND_BYTES`).
+    config
+        .max_udp_payload_size(crate::tls::MTU_UPPER_BOUND_BYTES)
+        .map_err(|e| NetError::Io(std::io::Error::other(format!("UDP payload size: {e}"))))?;
+    let endpoint = Endpoint::new(config, server, socket.into(), runtime)?;
+    Ok(endpoint)
+}
+
+/// A UDP socket bound to `addr` with buffers of [`UDP_BUFFER_BYTES`] asked for.
+fn udp_socket(addr: SocketAddr) -> Result<Socket, NetError> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6()
+        && let Err(e) = socket.set_only_v6(false)
+    {
+        tracing::debug!(error = %e, "IPv6 socket stays IPv6-only");
+    }
+    for (what, result) in [
+        ("receive", socket.set_recv_buffer_size(UDP_BUFFER_BYTES)),
+        ("send", socket.set_send_buffer_size(UDP_BUFFER_BYTES)),
+    ] {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not size the UDP {what} buffer; using the default");
+        }
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Linux's usual `net.core.rmem_default`.
+    const KERNEL_DEFAULT_RCVBUF_BYTES: usize = 212_992;
+
+    #[test]
+    fn sockets_get_bigger_buffers_than_the_kernel_default() {
+        let socket = udp_socket(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        // Linux doubles what it grants (bookkeeping) and caps it at rmem_max, which is
+        // at least the default: anything the call took is above the default.
+        assert!(socket.recv_buffer_size().unwrap() > KERNEL_DEFAULT_RCVBUF_BYTES);
+        assert!(socket.send_buffer_size().unwrap() > KERNEL_DEFAULT_RCVBUF_BYTES);
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_binds_where_asked() {
+        let endpoint = endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), None).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        assert_eq!(addr.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+        assert_ne!(addr.port(), 0);
+    }
+}
