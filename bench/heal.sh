@@ -10,7 +10,9 @@
 #            node that is not the metadata leader (SIGKILL); N files written through the
 #            mount (create, write, close, in --dirs directories); `start-node K`; then
 #            `plait heal start`, and `plait heal info` polled until nothing is pending.
-#            Reported: seconds from `start-node` to 0 pending (and to `heal start`'s end).
+#            Reported: seconds from `start-node` to 0 pending (and to `heal start`'s end),
+#            and to the node's metadata having caught up (its applied index reaching the
+#            others'; files of at most 32 KiB live in the metadata, not in chunks).
 #   gluster  bench/gluster-setup.sh's volume; brick 3's glusterfsd SIGKILLed; the same
 #            files; `gluster volume start plaitbench force`; `gluster volume heal
 #            plaitbench info` polled every 5 s until every brick reports 0 entries (the
@@ -83,6 +85,17 @@ plait_pending() {
     "$PYTHON" -c 'import json,sys; print(sum(r["pending_chunks"] for r in json.load(sys.stdin)))'
 }
 
+# Prints 1 if node $1 has applied as far as every other node that answers (its metadata
+# caught up: small files live in the metadata), else 0.
+plait_caught_up() {
+  "$PLAIT" status --output json 2>>"$OUT/plait3.log" | "$PYTHON" -c '
+import json, sys
+rows = [r for r in json.load(sys.stdin) if r.get("up")]
+mine = [r["last_applied"] for r in rows if r["node_id"] == int(sys.argv[1])]
+rest = [r["last_applied"] for r in rows if r["node_id"] != int(sys.argv[1])]
+print(1 if mine and rest and mine[0] >= max(rest) else 0)' "$1"
+}
+
 echo "loadavg_before $(cut -d' ' -f1-3 /proc/loadavg)" >"$OUT/load.txt"
 IFS=, read -r -a TL <<<"$TARGETS"
 for t in "${TL[@]}"; do
@@ -110,6 +123,11 @@ for t in "${TL[@]}"; do
     t0=$(now)
     "$PLAIT" playground start-node --dir "$PG" "$victim" >>"$OUT/plait3.log" 2>&1
     t_started=$(now)
+    until [ "$(plait_caught_up "$victim" || echo 0)" = 1 ] ||
+      [ "$("$PYTHON" -c "import time,sys; print(int(time.time() - float(sys.argv[1])))" "$t0")" -ge "$CAP" ]; do
+      sleep 0.1
+    done
+    t_meta=$(now)
     rc=0
     "$PLAIT" heal start --stall-timeout-s 300 >>"$OUT/plait3.log" 2>&1 || rc=$?
     t_heal=$(now)
@@ -126,6 +144,7 @@ for t in "${TL[@]}"; do
     cat >"$OUT/heal-plait3.json" <<EOF
 {"tool": "heal", "label": "plait3", "files": $FILES, "size": $SIZE, "victim": "node $victim (not the leader)",
  "pending_before": $pending_before, "start_node_s": $(since "$t0" "$t_started"),
+ "metadata_caught_up_s": $(since "$t0" "$t_meta"),
  "heal_start_exit": $rc, "to_heal_start_end_s": $(since "$t0" "$t_heal"),
  "to_zero_pending_s": $(since "$t0" "$t_zero"), "pending_at_end": "$pending"}
 EOF

@@ -238,7 +238,8 @@ async fn serve_stream<H: Handler>(
         }
     };
     let write = async {
-        send.write_all(&bytes).await?;
+        // Handed over, not copied (a chunk is megabytes).
+        send.write_chunk(bytes::Bytes::from(bytes)).await?;
         send.finish()?;
         Ok::<(), quinn::WriteError>(())
     };

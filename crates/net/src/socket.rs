@@ -28,13 +28,7 @@ pub(crate) fn endpoint(
             "no async runtime for the QUIC endpoint",
         ))
     })?;
-    let mut config = EndpointConfig::default();
-    // What this endpoint tells peers it can receive; path MTU discovery never goes past
-    // it (nor past `tls::MTU_UPPER_BOUND_BYTES`).
-    config
-        .max_udp_payload_size(crate::tls::MTU_UPPER_BOUND_BYTES)
-        .map_err(|e| NetError::Io(std::io::Error::other(format!("UDP payload size: {e}"))))?;
-    let endpoint = Endpoint::new(config, server, socket.into(), runtime)?;
+    let endpoint = Endpoint::new(EndpointConfig::default(), server, socket.into(), runtime)?;
     Ok(endpoint)
 }
 

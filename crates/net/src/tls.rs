@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -197,13 +197,6 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
     }
 }
 
-/// Largest UDP payload path MTU discovery tries, in bytes. Packets start at QUIC's safe
-/// 1200 bytes and grow only as far as probes get through, so on Ethernet they stay near
-/// 1500; on loopback (MTU 64 KiB) and jumbo-frame networks they grow much larger, which
-/// divides the per-packet work of a chunk transfer (packet building, encryption calls,
-/// acknowledgements, system calls) by up to forty.
-pub(crate) const MTU_UPPER_BOUND_BYTES: u16 = 65_000;
-
 /// QUIC transport settings shared by both sides: keep-alives so a dead peer is noticed
 /// within `idle_timeout_ms`, and a bound on the streams the peer may open concurrently.
 pub(crate) fn transport(
@@ -223,11 +216,8 @@ pub(crate) fn transport(
         ))
     })?;
     let keep_alive_ms = (idle_timeout_ms / 3).clamp(1, KEEP_ALIVE_INTERVAL_MAX_MS);
-    let mut mtu = MtuDiscoveryConfig::default();
-    mtu.upper_bound(MTU_UPPER_BOUND_BYTES);
     let mut transport = TransportConfig::default();
     transport
-        .mtu_discovery_config(Some(mtu))
         .max_idle_timeout(Some(idle))
         .keep_alive_interval(Some(Duration::from_millis(keep_alive_ms)))
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_bidi_streams_max))
