@@ -501,9 +501,16 @@ impl PlaitFs {
         Ok(())
     }
 
-    /// Commits every inode's buffered bytes (at unmount). Returns the first error after
-    /// trying them all.
+    /// Commits every inode's buffered bytes and waits for the orphan reaps running in the
+    /// background (at unmount). Returns the first error after trying them all.
     pub async fn flush_all(&self) -> Result<(), FsError> {
+        let result = self.flush_every_inode().await;
+        self.reaps_finished().await;
+        result
+    }
+
+    /// Commits every inode's buffered bytes; the first error after trying them all.
+    async fn flush_every_inode(&self) -> Result<(), FsError> {
         let entries: Vec<(Ino, Arc<InodeEntry>)> = lock(&self.inodes)
             .iter()
             .map(|(ino, entry)| (*ino, entry.clone()))

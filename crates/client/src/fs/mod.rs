@@ -52,6 +52,9 @@ use chunk_io::ChunkIo;
 use inode::InodeEntry;
 use statahead::{Answer, Statahead};
 
+/// Orphan reaps one mount runs in the background at once.
+const REAPS_IN_FLIGHT_MAX: usize = 32;
+
 /// Entries asked for per `ReadDir` page. The metadata service caps a page at 1024
 /// entries too (`plait_meta::READDIR_MAX_ENTRIES`), so a shorter page is the last one.
 pub const READDIR_PAGE_ENTRIES: u32 = 1024;
@@ -191,6 +194,8 @@ pub struct PlaitFs {
     statahead: Statahead,
     /// Inodes whose whole chunks wait to be flushed behind their writer.
     write_behind: write_behind::WriteBehind,
+    /// Slots of the orphan reaps running in the background.
+    reaps: Arc<tokio::sync::Semaphore>,
 }
 
 impl PlaitFs {
@@ -221,6 +226,7 @@ impl PlaitFs {
             locks: locks::MountLocks::default(),
             statahead,
             write_behind: write_behind::WriteBehind::default(),
+            reaps: Arc::new(tokio::sync::Semaphore::new(REAPS_IN_FLIGHT_MAX)),
         }
     }
 
@@ -579,12 +585,32 @@ impl PlaitFs {
         false
     }
 
-    /// Deletes orphan `ino` on the cluster. A failure is logged, not reported: the unlink
-    /// or release that led here did succeed.
+    /// Deletes orphan `ino` on the cluster, in the background: the unlink, rename or
+    /// release that led here has succeeded, and nothing reaches an orphan by name, so
+    /// that call need not wait for a second commit. At most [`REAPS_IN_FLIGHT_MAX`] run
+    /// at once (past it the caller waits for a slot); [`Self::flush_all`] waits for them.
+    /// A failure is logged, not reported: the orphan stays until cleaned up.
     async fn reap(&self, ino: Ino) {
-        match self.commit(MetaOp::Reap { ino }).await {
-            Ok(_) => debug!(ino, "orphan reaped"),
-            Err(e) => warn!(ino, error = %e, "could not reap orphan; it stays until cleaned up"),
+        let Ok(slot) = self.reaps.clone().acquire_owned().await else {
+            return;
+        };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            match client.meta(MetaOp::Reap { ino }).await {
+                Ok(_) => debug!(ino, "orphan reaped"),
+                Err(e) => {
+                    warn!(ino, error = %e, "could not reap orphan; it stays until cleaned up")
+                }
+            }
+            drop(slot);
+        });
+    }
+
+    /// Waits until no reap runs in the background (at unmount).
+    async fn reaps_finished(&self) {
+        let all = REAPS_IN_FLIGHT_MAX as u32;
+        if let Ok(slots) = self.reaps.acquire_many(all).await {
+            drop(slots);
         }
     }
 

@@ -205,7 +205,7 @@ async fn an_orphan_is_reaped_at_its_last_release() {
     // Still readable through the remaining handle.
     assert_eq!(fs.read(ino, fh2, 0, 10).await.unwrap(), b"data");
     fs.release(ino, fh2).await.unwrap();
-    assert_eq!(state(&fake).reaped, vec![ino]);
+    assert_eq!(reaped_reaching(&fake, 1).await, vec![ino]);
 }
 
 #[tokio::test]
@@ -215,6 +215,8 @@ async fn an_orphan_not_open_here_is_reaped_at_once() {
     let (ino, fh) = new_file(&fs, "f").await;
     fs.release(ino, fh).await.unwrap();
     fs.unlink(ROOT, b"f").await.unwrap();
+    // The reap runs in the background; unmounting (flush_all) waits for it.
+    fs.flush_all().await.unwrap();
     assert_eq!(state(&fake).reaped, vec![ino]);
     // A rename replacing a target orphans it as well.
     let (a, fa) = new_file(&fs, "a").await;
@@ -224,7 +226,19 @@ async fn an_orphan_not_open_here_is_reaped_at_once() {
     fs.rename(ROOT, b"a", ROOT, b"b", RenameMode::Replace)
         .await
         .unwrap();
-    assert_eq!(state(&fake).reaped, vec![ino, b]);
+    assert_eq!(reaped_reaching(&fake, 2).await, vec![ino, b]);
+}
+
+/// The inodes reaped so far, once there are `n` (reaps run in the background; waits at
+/// most about a second).
+async fn reaped_reaching(fake: &Fake, n: usize) -> Vec<Ino> {
+    for _ in 0..200 {
+        if state(fake).reaped.len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    state(fake).reaped.clone()
 }
 
 #[tokio::test]
