@@ -223,6 +223,15 @@ impl DirtyBuffer {
             .map_or(0, |(from, to)| (to - from) / block)
     }
 
+    /// True if some range covers a whole aligned block of `block_bytes` (looks at every
+    /// range; for a writer's per-write check use [`Self::full_blocks_at`]).
+    pub fn has_full_block(&self, block_bytes: u64) -> bool {
+        let block = block_bytes.max(1);
+        self.ranges
+            .iter()
+            .any(|(start, bytes)| full_blocks(*start, range_end(*start, bytes), block).is_some())
+    }
+
     /// Removes and returns the bytes of every whole aligned block of `block_bytes` (a
     /// block starts at a multiple of it and every byte of it is buffered); the bytes
     /// around them stay. What is taken is what a flush can store as whole chunks now,
@@ -437,6 +446,8 @@ mod tests {
                 b.take_full_blocks(block).is_empty(),
                 "nothing whole is left"
             );
+            assert!(!b.has_full_block(block));
+            assert_eq!(taken.is_empty(), !before.has_full_block(block));
             // Together they still read as the original buffer.
             let mut merged = b.clone();
             merged.absorb_newer(&taken);

@@ -630,3 +630,37 @@ async fn a_failed_flush_behind_the_writer_is_retried_and_reported_at_close() {
     assert_eq!(state(&fake).file_bytes(ino), data);
     serving.abort();
 }
+
+#[tokio::test]
+async fn chunks_completed_while_a_flush_behind_runs_follow_it_without_a_close() {
+    let fake = fake::new_fake();
+    let fs = Arc::new(mount(&fake, FsConfig::default()).await);
+    let serving = tokio::spawn(fs.clone().serve_write_behind());
+    let (ino, fh) = new_file(&fs, "big").await;
+    let data: Vec<u8> = (0..3 * CHUNK_MAX_BYTES).map(|i| (i % 241) as u8).collect();
+    let pieces: Vec<&[u8]> = data.chunks(MIB).collect();
+    let per_chunk = CHUNK_MAX_BYTES / MIB;
+    for (k, piece) in pieces[..per_chunk].iter().enumerate() {
+        fs.write(ino, fh, (k * MIB) as u64, piece).await.unwrap();
+    }
+    // Catch the first chunk's flush in flight, then complete two more chunks: the writer
+    // queues nothing while a flush runs, and stops writing here.
+    let flushing = || {
+        fs.inode_entry(ino)
+            .is_some_and(|e| e.lock().flushing.is_some())
+    };
+    for _ in 0..10_000 {
+        if flushing() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(flushing(), "the first chunk's flush started");
+    for (k, piece) in pieces.iter().enumerate().skip(per_chunk) {
+        fs.write(ino, fh, (k * MIB) as u64, piece).await.unwrap();
+    }
+    assert_eq!(committed_extents_reaching(&fake, ino, 3).await, 3);
+    assert_eq!(state(&fake).file_bytes(ino), data);
+    fs.release(ino, fh).await.unwrap();
+    serving.abort();
+}

@@ -15,7 +15,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use plait_proto::Ino;
+use plait_proto::{CHUNK_MAX_BYTES, Ino};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
 
@@ -28,6 +28,9 @@ pub(crate) const WRITE_BEHIND_QUEUE_MAX: usize = 64;
 /// Flushes behind writers running at once across the mount (each one uploads up to
 /// `PUT_IN_FLIGHT_MAX` chunks at a time).
 pub(crate) const WRITE_BEHIND_FLUSHES_MAX: usize = 2;
+
+/// Flushes one request runs back to back while the writer keeps completing chunks.
+pub(crate) const WRITE_BEHIND_ROUNDS_MAX: usize = 64;
 
 /// Whole chunks a file must have buffered in one range before they are flushed behind
 /// its writer.
@@ -83,15 +86,22 @@ impl PlaitFs {
         }
     }
 
-    /// Flushes the whole chunks buffered for `ino`, if it still has any.
+    /// Flushes the whole chunks buffered for `ino`, and again while the writer completed
+    /// more meanwhile (its writes do not queue a request while a flush runs), at most
+    /// [`WRITE_BEHIND_ROUNDS_MAX`] times; what is left waits for the next request or the
+    /// close.
     async fn flush_behind(&self, ino: Ino) {
-        let Some(entry) = self.inode_entry(ino) else {
-            return;
-        };
-        match self.flush_whole_chunks(ino, &entry).await {
-            Ok(()) => debug!(ino, "flushed behind the writer"),
-            Err(e) => {
-                warn!(ino, error = %e, "flush behind the writer failed; the next flush retries")
+        for _ in 0..WRITE_BEHIND_ROUNDS_MAX {
+            let Some(entry) = self.inode_entry(ino) else {
+                return;
+            };
+            if let Err(e) = self.flush_whole_chunks(ino, &entry).await {
+                warn!(ino, error = %e, "flush behind the writer failed; the next flush retries");
+                return;
+            }
+            debug!(ino, "flushed behind the writer");
+            if !entry.lock().dirty.has_full_block(CHUNK_MAX_BYTES as u64) {
+                return;
             }
         }
     }
