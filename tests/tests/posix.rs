@@ -325,3 +325,27 @@ fn close_to_open_across_mounts_and_restart() {
     fs::write(pg.mnt.join("after-restart"), b"ok").unwrap();
     assert_eq!(fs::read(m2.join("after-restart")).unwrap(), b"ok");
 }
+
+/// Close-to-open when the reader's kernel holds a size from a recent `stat`: mount two
+/// stats a file, mount one rewrites it longer and closes it, and mount two's next open
+/// reads all of it at once (not only the size its kernel cached for the attribute
+/// timeout).
+#[test]
+fn an_open_reads_past_a_size_the_kernel_cached() {
+    let mut pg = Playground::up(1, 1, &[]).unwrap();
+    let m2 = pg.mount().unwrap();
+    let long: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    for round in 0..3 {
+        let name = format!("grows-{round}");
+        fs::write(pg.mnt.join(&name), b"short").unwrap();
+        assert_eq!(fs::metadata(m2.join(&name)).unwrap().len(), 5);
+        fs::write(pg.mnt.join(&name), &long).unwrap();
+        let got = fs::read(m2.join(&name)).unwrap();
+        assert_eq!(
+            got.len(),
+            long.len(),
+            "round {round}: length read by mount two"
+        );
+        assert!(got == long, "round {round}: bytes read by mount two");
+    }
+}

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::Notifier;
 use fuser::{
@@ -23,7 +23,7 @@ use fuser::{
 use plait_client::fs::{DirListing, DirSlot, FsError, LockCall, OpenIntent, PlaitFs};
 use plait_proto::lock::LockType;
 use plait_proto::meta::{NewKind, SetAttr};
-use plait_proto::{Attr, FileKind, NAME_MAX_BYTES};
+use plait_proto::{Attr, FileKind, Ino, NAME_MAX_BYTES};
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
@@ -31,6 +31,7 @@ use crate::convert::{
     BLOCK_SIZE_BYTES, InoMap, XattrAnswer, dot_attr, file_attr, file_type, mknod_kind, new_perm,
     rename_mode, time_set, xattr_answer, xattr_list, xattr_mode,
 };
+use crate::sizes::ReportedSizes;
 
 /// Largest write the kernel sends in one request, in bytes.
 pub const MAX_WRITE_BYTES: u32 = 1024 * 1024;
@@ -49,11 +50,31 @@ struct Ctx {
     attr_ttl: Duration,
     entry_ttl: Duration,
     notifier: SharedNotifier,
+    /// Sizes the kernel was told within the attribute timeout.
+    sizes: Arc<ReportedSizes>,
 }
 
 impl Ctx {
+    /// The kernel's form of `attr`; its size is noted as told to the kernel (every caller
+    /// replies with it).
     fn attr(&self, attr: &Attr) -> FileAttr {
+        self.sizes.note(attr.ino, attr.size, Instant::now());
         file_attr(attr, self.inos)
+    }
+
+    /// After an open of `ino` (the kernel's number `kernel_ino`) that found the file
+    /// `size` bytes long: if the kernel may cache another size, drop its cached
+    /// attributes, so that it reads up to the new end (close-to-open; see `sizes`).
+    fn drop_stale_size(&self, kernel_ino: INodeNo, ino: Ino, size: u64) {
+        if !self.sizes.may_differ(ino, size, Instant::now()) {
+            return;
+        }
+        if let Some(n) = self.notifier.get() {
+            // A negative offset: attributes only, the open drops the cached pages itself.
+            if let Err(e) = n.inval_inode(kernel_ino, -1, 0) {
+                debug!(ino, error = %e, "attribute invalidation at open failed");
+            }
+        }
     }
 
     fn reply_entry(&self, reply: ReplyEntry, attr: &Attr) {
@@ -122,6 +143,7 @@ impl PlaitFuse {
         let ctx = Ctx {
             attr_ttl: fs.config().attr_ttl(),
             entry_ttl: fs.config().entry_ttl(),
+            sizes: Arc::new(ReportedSizes::new(fs.config().attr_ttl())),
             inos,
             fs,
             notifier,
@@ -437,11 +459,17 @@ impl Filesystem for PlaitFuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let kernel_ino = ino;
         let ino = self.vol(ino);
         let truncate = OpenIntent::from_flags(flags.0).truncate;
         self.spawn(move |ctx| async move {
             match ctx.fs.open(ino, truncate).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(fh) => {
+                    if let Some(size) = ctx.fs.cached_size(ino) {
+                        ctx.drop_stale_size(kernel_ino, ino, size);
+                    }
+                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                }
                 Err(e) => reply.error(errno("open", &e)),
             }
         });

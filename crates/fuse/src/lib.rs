@@ -10,6 +10,7 @@
 mod adapter;
 mod convert;
 mod signals;
+mod sizes;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;

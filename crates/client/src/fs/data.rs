@@ -64,6 +64,14 @@ impl PlaitFs {
         Ok(fh)
     }
 
+    /// The committed size of `ino` as the cached extent window has it (fetched by the
+    /// last open or read), if one is cached.
+    pub fn cached_size(&self, ino: Ino) -> Option<u64> {
+        let entry = self.inode_entry(ino)?;
+        let st = entry.lock();
+        st.extents.as_ref().map(|w| w.size)
+    }
+
     /// Fetches and caches the first extent window of `ino` (see [`Self::open`]).
     async fn prefetch_window(&self, ino: Ino) -> Result<(), FsError> {
         let entry = self.inode_entry_or_new(ino);
