@@ -307,6 +307,17 @@ mod tests {
         assert_eq!(total, b.total_bytes());
     }
 
+    /// A deterministic pseudo-random sequence (no rand dependency): each call returns a
+    /// number below its bound.
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        }
+    }
+
     /// A reference model: a plain byte map.
     fn model_apply(model: &mut BTreeMap<u64, u8>, offset: u64, data: &[u8]) {
         for (i, byte) in data.iter().enumerate() {
@@ -368,14 +379,7 @@ mod tests {
 
     #[test]
     fn random_writes_match_a_byte_model() {
-        // Deterministic pseudo-random sequence (no rand dependency).
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |bound: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % bound
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for _round in 0..50 {
             let mut b = DirtyBuffer::new();
             let mut model = BTreeMap::new();
@@ -419,13 +423,7 @@ mod tests {
 
     #[test]
     fn random_takes_of_full_blocks_partition_the_buffer() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |bound: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % bound
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         for _round in 0..50 {
             let mut b = DirtyBuffer::new();
             for i in 0..20u8 {

@@ -546,6 +546,13 @@ async fn inline_bytes_and_clean_closes_are_answered_without_waiting() {
     reader.release(big, fh).await.unwrap();
 }
 
+/// A mount of the fake whose write-behind task runs (abort the handle at the end).
+async fn mount_writing_behind(fake: &Fake) -> (Arc<PlaitFs>, tokio::task::JoinHandle<()>) {
+    let fs = Arc::new(mount(fake, FsConfig::default()).await);
+    let serving = tokio::spawn(fs.clone().serve_write_behind());
+    (fs, serving)
+}
+
 /// Waits (at most about a second) until the fake has `n` extents committed for `ino`.
 async fn committed_extents_reaching(fake: &Fake, ino: Ino, n: usize) -> usize {
     let count = |fake: &Fake| state(fake).extents.get(&ino).map_or(0, |e| e.len());
@@ -561,8 +568,7 @@ async fn committed_extents_reaching(fake: &Fake, ino: Ino, n: usize) -> usize {
 #[tokio::test]
 async fn whole_chunks_are_flushed_behind_a_sequential_writer() {
     let fake = fake::new_fake();
-    let fs = Arc::new(mount(&fake, FsConfig::default()).await);
-    let serving = tokio::spawn(fs.clone().serve_write_behind());
+    let (fs, serving) = mount_writing_behind(&fake).await;
     let (ino, fh) = new_file(&fs, "big").await;
     let data: Vec<u8> = (0..2 * CHUNK_MAX_BYTES + 1000)
         .map(|i| (i % 251) as u8)
@@ -600,8 +606,7 @@ async fn whole_chunks_are_flushed_behind_a_sequential_writer() {
 #[tokio::test]
 async fn a_failed_flush_behind_the_writer_is_retried_and_reported_at_close() {
     let fake = fake::new_fake();
-    let fs = Arc::new(mount(&fake, FsConfig::default()).await);
-    let serving = tokio::spawn(fs.clone().serve_write_behind());
+    let (fs, serving) = mount_writing_behind(&fake).await;
     let (ino, fh) = new_file(&fs, "big").await;
     state(&fake).fail_puts = Some(ErrorCode::NoSpace);
     let data: Vec<u8> = (0..CHUNK_MAX_BYTES + 5).map(|i| (i % 253) as u8).collect();
@@ -634,8 +639,7 @@ async fn a_failed_flush_behind_the_writer_is_retried_and_reported_at_close() {
 #[tokio::test]
 async fn chunks_completed_while_a_flush_behind_runs_follow_it_without_a_close() {
     let fake = fake::new_fake();
-    let fs = Arc::new(mount(&fake, FsConfig::default()).await);
-    let serving = tokio::spawn(fs.clone().serve_write_behind());
+    let (fs, serving) = mount_writing_behind(&fake).await;
     let (ino, fh) = new_file(&fs, "big").await;
     let data: Vec<u8> = (0..3 * CHUNK_MAX_BYTES).map(|i| (i % 241) as u8).collect();
     let pieces: Vec<&[u8]> = data.chunks(MIB).collect();
