@@ -55,10 +55,12 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// The kernel's form of `attr`; its size is noted as told to the kernel (every caller
-    /// replies with it).
+    /// The kernel's form of `attr`; a regular file's size is noted as told to the kernel
+    /// (every caller replies with it; only files are opened and read).
     fn attr(&self, attr: &Attr) -> FileAttr {
-        self.sizes.note(attr.ino, attr.size, Instant::now());
+        if attr.kind == FileKind::File {
+            self.sizes.note(attr.ino, attr.size, Instant::now());
+        }
         file_attr(attr, self.inos)
     }
 

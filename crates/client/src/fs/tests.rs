@@ -232,13 +232,19 @@ async fn an_orphan_not_open_here_is_reaped_at_once() {
 /// The inodes reaped so far, once there are `n` (reaps run in the background; waits at
 /// most about a second).
 async fn reaped_reaching(fake: &Fake, n: usize) -> Vec<Ino> {
+    eventually(|| state(fake).reaped.len() >= n).await;
+    state(fake).reaped.clone()
+}
+
+/// Waits until `done` holds, checking every 5 ms for at most about a second (work the
+/// mount does in background tasks); the caller asserts on the outcome.
+async fn eventually(mut done: impl FnMut() -> bool) {
     for _ in 0..200 {
-        if state(fake).reaped.len() >= n {
-            break;
+        if done() {
+            return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    state(fake).reaped.clone()
 }
 
 #[tokio::test]
@@ -462,12 +468,7 @@ async fn xattrs_statfs_and_fallocate() {
 /// The fake's chunk fetch count once it reached `n` (read-ahead runs in the background),
 /// or after about a second.
 async fn chunk_gets_reaching(fake: &Fake, n: usize) -> usize {
-    for _ in 0..200 {
-        if state(fake).chunk_gets >= n {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    eventually(|| state(fake).chunk_gets >= n).await;
     state(fake).chunk_gets
 }
 
@@ -555,14 +556,9 @@ async fn mount_writing_behind(fake: &Fake) -> (Arc<PlaitFs>, tokio::task::JoinHa
 
 /// Waits (at most about a second) until the fake has `n` extents committed for `ino`.
 async fn committed_extents_reaching(fake: &Fake, ino: Ino, n: usize) -> usize {
-    let count = |fake: &Fake| state(fake).extents.get(&ino).map_or(0, |e| e.len());
-    for _ in 0..200 {
-        if count(fake) >= n {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    count(fake)
+    let count = || state(fake).extents.get(&ino).map_or(0, |e| e.len());
+    eventually(|| count() >= n).await;
+    count()
 }
 
 #[tokio::test]
@@ -614,16 +610,12 @@ async fn a_failed_flush_behind_the_writer_is_retried_and_reported_at_close() {
         fs.write(ino, fh, (k * MIB) as u64, piece).await.unwrap();
     }
     // The flush behind the writer fails; its bytes stay buffered and readable.
-    for _ in 0..200 {
-        if fs
-            .inode_entry(ino)
+    eventually(|| {
+        fs.inode_entry(ino)
             .is_some_and(|e| e.lock().flushing.is_none())
             && state(&fake).chunk_puts_failed > 0
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    })
+    .await;
     assert!(state(&fake).chunk_puts_failed > 0, "the flush behind ran");
     assert_eq!(fs.dirty_total_bytes(), data.len() as u64);
     assert_eq!(fs.read(ino, fh, 0, 16).await.unwrap(), &data[..16]);
