@@ -56,6 +56,10 @@ struct Applier<'a, R: KvRead> {
 
 impl<R: KvRead> Applier<'_, R> {
     fn run(&mut self, op: &MetaOp) -> OpResult<MetaReply> {
+        let guarded = self.guarded_dirs(op)?;
+        if let Some(reply) = self.dir_guard(&guarded)? {
+            return Ok(reply);
+        }
         match op {
             MetaOp::CreateVolume {
                 name,
@@ -154,7 +158,46 @@ impl<R: KvRead> Applier<'_, R> {
             } => self.consume_join_token(*token_id, secret_hash, addr, *min_node_id),
             MetaOp::RegisterNode { node } => self.register_node(node),
             MetaOp::ForgetNode { node } => self.forget_node(*node),
+            MetaOp::DelegateDir { dir, session } => self.delegate_dir(*dir, *session),
+            MetaOp::ReturnDirDelegation { dir, session } => {
+                self.return_dir_delegation(*dir, *session)
+            }
+            MetaOp::RecallDir { dir } => self.recall_dir(*dir),
+            MetaOp::DirBatch { dir, session, ops } => self.dir_batch(*dir, *session, ops),
         }
+    }
+
+    /// The directories whose names `op` adds or removes, and the directories it would
+    /// remove: none of them may be under another session's create delegation.
+    fn guarded_dirs(&self, op: &MetaOp) -> OpResult<Vec<Ino>> {
+        let removed_dir = |parent: Ino, name: &[u8]| -> OpResult<Option<Ino>> {
+            Ok(read::dentry(&self.txn, parent, name)?
+                .filter(|d| d.is_dir())
+                .map(|d| d.ino))
+        };
+        Ok(match op {
+            MetaOp::Create { parent, .. } | MetaOp::Unlink { parent, .. } => vec![*parent],
+            MetaOp::Rmdir { parent, name } => {
+                let mut dirs = vec![*parent];
+                dirs.extend(removed_dir(*parent, name)?);
+                dirs
+            }
+            MetaOp::Rename {
+                parent,
+                name: _,
+                new_parent,
+                new_name,
+                mode,
+            } => {
+                let mut dirs = vec![*parent, *new_parent];
+                if *mode == RenameMode::Replace {
+                    dirs.extend(removed_dir(*new_parent, new_name)?);
+                }
+                dirs
+            }
+            MetaOp::Link { new_parent, .. } => vec![*new_parent],
+            _ => Vec::new(),
+        })
     }
 
     // ---- record writes -------------------------------------------------------------
@@ -361,6 +404,7 @@ impl<R: KvRead> Applier<'_, R> {
     fn delete_dir_inode(&mut self, ino: Ino) -> OpResult<()> {
         debug_assert!(read::dir_is_empty(&self.txn, ino).unwrap_or(true));
         self.delete_xattrs(ino)?;
+        self.drop_dir_record(ino)?;
         self.txn.delete(keys::inode(ino));
         self.count_inode(false)
     }
@@ -436,8 +480,25 @@ impl<R: KvRead> Applier<'_, R> {
         uid: u32,
         gid: u32,
     ) -> OpResult<MetaReply> {
-        validate::name(name)?;
         validate::new_kind(kind)?;
+        // A refused create writes nothing, so the number is taken only if it succeeds.
+        let ino = self.alloc_ino()?;
+        self.create_as(parent, name, kind, perm, uid, gid, ino)
+    }
+
+    /// Creates `parent/name` as inode `ino`, a number nobody uses (the caller made sure).
+    #[allow(clippy::too_many_arguments)]
+    fn create_as(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        kind: &NewKind,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        ino: Ino,
+    ) -> OpResult<MetaReply> {
+        validate::name(name)?;
         let dir = read::require_dir(&self.txn, parent)?;
         if read::dentry(&self.txn, parent, name)?.is_some() {
             return Err(refuse(
@@ -448,7 +509,6 @@ impl<R: KvRead> Applier<'_, R> {
                 ),
             ));
         }
-        let ino = self.alloc_ino()?;
         let rec = new_inode(&dir, parent, kind, perm, uid, gid, self.now);
         self.put_inode(ino, &rec)?;
         self.count_inode(true)?;
@@ -1059,6 +1119,9 @@ fn no_attr(name: &[u8]) -> Fail {
 pub(crate) mod delegation;
 #[cfg(test)]
 mod delegation_sim;
+pub(crate) mod dir_delegation;
+#[cfg(test)]
+mod dir_tests;
 pub(crate) mod members;
 
 #[cfg(test)]

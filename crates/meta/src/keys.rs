@@ -38,6 +38,10 @@ pub(crate) const SESSION_FILE: u8 = b'K';
 pub(crate) const DELEGATION: u8 = b'Q';
 /// Recalled delegations of a session (`W` + session + ino), what its mount must give back.
 pub(crate) const RECALL: u8 = b'W';
+/// Create delegation of a directory (`Y` + dir ino): held by a session, or cooling down.
+pub(crate) const DIR_DELEGATION: u8 = b'Y';
+/// Directories whose create delegation a session holds (`Z` + session + dir ino).
+pub(crate) const SESSION_DIR: u8 = b'Z';
 
 /// Node record (role, zone, address): `M` + node id.
 pub(crate) const MEMBER: u8 = b'M';
@@ -174,6 +178,23 @@ pub(crate) fn recalls_prefix(session: u64) -> Vec<u8> {
 pub(crate) fn recall(session: u64, ino: Ino) -> Vec<u8> {
     let mut k = recalls_prefix(session);
     k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+/// Key of a directory's create delegation.
+pub(crate) fn dir_delegation(dir: Ino) -> Vec<u8> {
+    with_ino(DIR_DELEGATION, dir, 0)
+}
+
+/// Prefix of the directories whose create delegation a session holds.
+pub(crate) fn session_dirs_prefix(session: u64) -> Vec<u8> {
+    with_ino(SESSION_DIR, session, 8)
+}
+
+/// Key of "session `session` holds the create delegation of `dir`".
+pub(crate) fn session_dir(session: u64, dir: Ino) -> Vec<u8> {
+    let mut k = session_dirs_prefix(session);
+    k.extend_from_slice(&dir.to_be_bytes());
     k
 }
 

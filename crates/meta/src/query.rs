@@ -66,6 +66,12 @@ fn run(r: &impl KvRead, q: &MetaQuery) -> OpResult<MetaReply> {
         MetaQuery::ListLocks { after, limit } => list_locks(r, *after, *limit),
         MetaQuery::Delegation { ino } => Ok(MetaReply::Delegated(delegation::holder(r, *ino)?)),
         MetaQuery::Recalls { session } => Ok(MetaReply::Recalls(delegation::recalls(r, *session)?)),
+        MetaQuery::DirDelegation { dir } => Ok(MetaReply::Delegated(
+            crate::apply::dir_delegation::dir_holder(r, *dir)?,
+        )),
+        MetaQuery::DirRecalls { session } => Ok(MetaReply::Recalls(
+            crate::apply::dir_delegation::dir_recalls(r, *session)?,
+        )),
         MetaQuery::ListDelegations { after, limit } => delegation::list(r, *after, *limit),
         MetaQuery::ListNodes => Ok(MetaReply::NodeRecords(crate::apply::members::node_records(
             r,

@@ -322,6 +322,9 @@ pub(crate) struct State {
     pub delegations: BTreeMap<Ino, crate::apply::delegation::DelegationRec>,
     /// (session, ino) pairs of the recall index.
     pub recalls: BTreeSet<(u64, Ino)>,
+    pub dir_delegations: BTreeMap<Ino, crate::apply::dir_delegation::DirDelegationRec>,
+    /// (session, dir) pairs of the session-directory index.
+    pub session_dirs: BTreeSet<(u64, Ino)>,
 }
 
 fn ino_of(key: &[u8]) -> Ino {
@@ -419,6 +422,14 @@ impl State {
                     s.recalls
                         .insert((ino_of(k), keys::trailing_u64(k).unwrap()));
                 }
+                keys::DIR_DELEGATION => {
+                    s.dir_delegations.insert(ino_of(k), decode(k, v).unwrap());
+                }
+                keys::SESSION_DIR => {
+                    assert!(v.is_empty());
+                    s.session_dirs
+                        .insert((ino_of(k), keys::trailing_u64(k).unwrap()));
+                }
                 keys::HEAL => {
                     let _: crate::records::HealRec = decode(k, v).unwrap();
                     keys::heal_of(k).unwrap();
@@ -447,6 +458,7 @@ pub(crate) fn check_invariants(kv: &MemKv) {
     check_links(&s);
     check_extents(&s);
     check_locks(&s);
+    check_dir_delegations(&s);
     for ino in &s.xattrs {
         assert!(s.inodes.contains_key(ino), "xattrs of missing inode {ino}");
     }
@@ -587,4 +599,36 @@ fn check_locks(s: &State) {
     }
     assert_eq!(named, s.session_files, "session-file index out of step");
     assert_eq!(recalled, s.recalls, "recall index out of step");
+}
+
+/// Every held directory delegation is of an existing directory, held by an open session,
+/// listed in that session's index (and the index lists nothing else); its inode ranges
+/// lie below the inode counter.
+fn check_dir_delegations(s: &State) {
+    use crate::apply::dir_delegation::DirDelegationRec;
+    let next_ino = s.counters.get(keys::NEXT_INO).copied().unwrap_or(0);
+    let mut held = BTreeSet::new();
+    for (dir, rec) in &s.dir_delegations {
+        if let DirDelegationRec::Held {
+            session, ranges, ..
+        } = rec
+        {
+            assert!(
+                s.inodes.get(dir).is_some_and(|r| r.is_dir()),
+                "delegation of {dir}, not a directory"
+            );
+            assert!(
+                s.sessions.contains(session),
+                "directory {dir} delegated to closed session {session}"
+            );
+            for (start, end) in ranges {
+                assert!(
+                    start < end && *end <= next_ino,
+                    "range {start}..{end} of {dir} past the counter {next_ino}"
+                );
+            }
+            held.insert((*session, *dir));
+        }
+    }
+    assert_eq!(held, s.session_dirs, "session-directory index out of step");
 }

@@ -188,7 +188,11 @@ impl Service {
         // Only cheap point reads may be re-run on every applied batch.
         if !matches!(
             q,
-            MetaQuery::LockWait { .. } | MetaQuery::Delegation { .. } | MetaQuery::Recalls { .. }
+            MetaQuery::LockWait { .. }
+                | MetaQuery::Delegation { .. }
+                | MetaQuery::Recalls { .. }
+                | MetaQuery::DirDelegation { .. }
+                | MetaQuery::DirRecalls { .. }
         ) {
             return Err(RpcError::new(
                 ErrorCode::InvalidArgument,

@@ -349,12 +349,89 @@ pub enum MetaOp {
         /// The node.
         node: NodeRecord,
     },
+    /// Ask for the create delegation of directory `dir`: while the session holds it, no
+    /// other session adds or removes names in `dir` (their ops are answered
+    /// `DirRecalling` and wait), so the session's mount answers lookups of new names
+    /// itself and creates files locally with inode numbers from a range handed out here,
+    /// committing them later in `DirBatch`es. Answered `DirDelegated` (also when the
+    /// session holds it already: it gets one more inode range) or `DirBusy` (held by
+    /// another session, recently recalled, or the session holds its maximum).
+    DelegateDir {
+        /// The directory.
+        dir: Ino,
+        /// The asking session.
+        session: SessionId,
+    },
+    /// Give back a directory's create delegation; the caller committed its creates
+    /// first. Idempotent: answered `Empty` whether or not the session still held it.
+    ReturnDirDelegation {
+        /// The directory.
+        dir: Ino,
+        /// The holding session.
+        session: SessionId,
+    },
+    /// Ask the holder of `dir`'s create delegation to give it back (another session
+    /// wants to read or change the directory's names). Answered `DirRecalling` while it
+    /// is held, `Empty` if it is not.
+    RecallDir {
+        /// The directory.
+        dir: Ino,
+    },
+    /// Commit files created under a directory's create delegation, with their first
+    /// bytes: applied whole or not at all. Refused if the session no longer holds the
+    /// delegation (`SessionExpired` if the session itself is gone). Answered with
+    /// `Batch`, one reply per op.
+    DirBatch {
+        /// The delegated directory.
+        dir: Ino,
+        /// The holding session.
+        session: SessionId,
+        /// At most [`DIR_BATCH_OPS_MAX`] ops.
+        ops: Vec<DirBatchOp>,
+    },
     /// Forget a removed node: its record and up to [`REMOVE_NODE_HEAL_MAX`] of its
     /// heal-index entries. Answered with `NodeForgotten { more }`: `more` if heal entries
     /// remain (the caller repeats the op).
     ForgetNode {
         /// The node.
         node: NodeId,
+    },
+}
+
+/// Most ops in one [`MetaOp::DirBatch`].
+pub const DIR_BATCH_OPS_MAX: usize = 1024;
+
+/// Inode numbers handed out by one [`MetaOp::DelegateDir`].
+pub const DIR_INO_RANGE: u64 = 1024;
+
+/// One op of a [`MetaOp::DirBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirBatchOp {
+    /// Create regular file `name` in the batch's directory as inode `ino`, a number from
+    /// a range the delegation handed to the session. Answered with its `Attr`.
+    CreateFile {
+        /// New name.
+        name: Vec<u8>,
+        /// Its inode number.
+        ino: Ino,
+        /// Permission bits, already masked by the caller's umask.
+        perm: u16,
+        /// Owner.
+        uid: u32,
+        /// Group (replaced by the directory's group when it is setgid).
+        gid: u32,
+    },
+    /// A [`MetaOp::Write`] of a file (under the batch's session). Answered with `Attr`.
+    Write {
+        /// File.
+        ino: Ino,
+        /// New extents.
+        extents: Vec<Extent>,
+        /// Copies not acknowledged when the writer committed.
+        under_replicated: Vec<MissingCopy>,
+        /// Inline chunk bodies referenced by these extents.
+        #[serde(with = "crate::codec::byte_list")]
+        inline: Vec<Vec<u8>>,
     },
 }
 
@@ -488,6 +565,17 @@ pub enum MetaQuery {
         /// Most entries to return (the node caps it).
         limit: u32,
     },
+    /// Which session holds directory `dir`'s create delegation, if any (`Delegated`).
+    DirDelegation {
+        /// The directory.
+        dir: Ino,
+    },
+    /// The directories whose create delegations the session was asked to give back
+    /// (`Recalls`).
+    DirRecalls {
+        /// The session.
+        session: SessionId,
+    },
     /// Every node record (`M` keys).
     ListNodes,
 }
@@ -605,6 +693,25 @@ pub enum MetaReply {
     Joined(NodeRecord),
     /// Every node record, by id.
     NodeRecords(Vec<NodeRecord>),
+    /// `DelegateDir` granted: the session holds the directory's create delegation and may
+    /// create inodes `first_ino..first_ino + count` in it.
+    DirDelegated {
+        /// First inode number of the range.
+        first_ino: Ino,
+        /// Numbers in the range.
+        count: u64,
+    },
+    /// `DelegateDir` refused: create the ordinary way.
+    DirBusy,
+    /// Another session holds the create delegation of `dir` and was asked to give it
+    /// back: ask again once it is gone (`Request::WaitChange` on
+    /// `MetaQuery::DirDelegation`).
+    DirRecalling {
+        /// The delegated directory.
+        dir: Ino,
+    },
+    /// Replies of a `DirBatch`, one per op.
+    Batch(Vec<MetaReply>),
     /// A `ForgetNode` ran; `more` if heal entries of the node remain.
     NodeForgotten {
         /// Heal entries remain.

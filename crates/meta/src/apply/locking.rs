@@ -118,7 +118,7 @@ impl<R: KvRead> Applier<'_, R> {
         }
     }
 
-    fn require_session(&self, id: SessionId) -> OpResult<SessionRec> {
+    pub(super) fn require_session(&self, id: SessionId) -> OpResult<SessionRec> {
         session(&self.txn, id)?.ok_or_else(|| expired(id))
     }
 
@@ -217,6 +217,7 @@ impl<R: KvRead> Applier<'_, R> {
                 self.txn.delete(k.clone());
             }
         }
+        self.drop_session_dirs(id)?;
         self.txn.delete(keys::session(id));
         Ok(())
     }

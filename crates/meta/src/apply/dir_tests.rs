@@ -1,0 +1,258 @@
+//! Tests of directory create delegations: grants, batches, recalls, fencing.
+
+use plait_proto::meta::{DirBatchOp, RenameMode};
+use plait_proto::{ChunkId, ErrorCode, Extent, MetaOp, MetaQuery, MetaReply};
+
+use crate::testutil::{Fs, code};
+
+fn session(fs: &mut Fs, lease_ms: u64) -> u64 {
+    match fs.exec(MetaOp::OpenSession {
+        lease_ms,
+        client: "test".into(),
+    }) {
+        Ok(MetaReply::Session(s)) => s.id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn delegate(fs: &mut Fs, dir: u64, session: u64) -> Option<(u64, u64)> {
+    match fs.exec(MetaOp::DelegateDir { dir, session }) {
+        Ok(MetaReply::DirDelegated { first_ino, count }) => Some((first_ino, count)),
+        Ok(MetaReply::DirBusy) => None,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn create_op(name: &str, ino: u64) -> DirBatchOp {
+    DirBatchOp::CreateFile {
+        name: name.as_bytes().to_vec(),
+        ino,
+        perm: 0o640,
+        uid: 7,
+        gid: 8,
+    }
+}
+
+fn inline_write(ino: u64, body: &[u8]) -> DirBatchOp {
+    DirBatchOp::Write {
+        ino,
+        extents: vec![Extent {
+            file_offset: 0,
+            len: body.len() as u64,
+            chunk: ChunkId::of(body),
+            chunk_offset: 0,
+        }],
+        under_replicated: Vec::new(),
+        inline: vec![body.to_vec()],
+    }
+}
+
+fn batch(
+    fs: &mut Fs,
+    dir: u64,
+    session: u64,
+    ops: Vec<DirBatchOp>,
+) -> Result<MetaReply, plait_proto::RpcError> {
+    fs.exec(MetaOp::DirBatch { dir, session, ops })
+}
+
+fn recalls(fs: &Fs, session: u64) -> Vec<u64> {
+    match fs.q(MetaQuery::DirRecalls { session }) {
+        Ok(MetaReply::Recalls(v)) => v,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_batch_creates_files_with_their_bytes_in_one_commit() {
+    let (mut fs, root) = Fs::with_volume();
+    let dir = fs.mkdir(root, "d");
+    let s = session(&mut fs, 10_000);
+    let (first, count) = delegate(&mut fs, dir, s).expect("granted");
+    assert_eq!(count, plait_proto::meta::DIR_INO_RANGE);
+    let reply = batch(
+        &mut fs,
+        dir,
+        s,
+        vec![
+            create_op("a", first),
+            inline_write(first, b"hello"),
+            create_op("b", first + 1),
+        ],
+    )
+    .unwrap();
+    let MetaReply::Batch(replies) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(replies.len(), 3);
+    assert_eq!(fs.lookup(dir, "a"), Some(first));
+    assert_eq!(fs.lookup(dir, "b"), Some(first + 1));
+    let a = fs.attr(first);
+    assert_eq!((a.size, a.perm, a.uid, a.gid), (5, 0o640, 7, 8));
+    assert_eq!(fs.attr(dir).mtime, fs.attr(first).mtime);
+    // Ordinary creates take numbers past the delegated range.
+    let other = fs.mkfile(root, "x");
+    assert!(other >= first + count, "{other} inside {first}+{count}");
+    fs.check();
+}
+
+#[test]
+fn a_batch_is_applied_whole_or_not_at_all() {
+    let (mut fs, root) = Fs::with_volume();
+    let dir = fs.mkdir(root, "d");
+    let s = session(&mut fs, 10_000);
+    let (first, count) = delegate(&mut fs, dir, s).unwrap();
+    let outside = batch(
+        &mut fs,
+        dir,
+        s,
+        vec![create_op("a", first), create_op("b", first + count)],
+    );
+    assert_eq!(code(outside), ErrorCode::InvalidArgument);
+    assert_eq!(fs.lookup(dir, "a"), None);
+    let taken = batch(
+        &mut fs,
+        dir,
+        s,
+        vec![create_op("a", first), create_op("a", first + 1)],
+    );
+    assert_eq!(code(taken), ErrorCode::Exists);
+    let reused = batch(
+        &mut fs,
+        dir,
+        s,
+        vec![create_op("a", first), create_op("b", first)],
+    );
+    assert_eq!(code(reused), ErrorCode::Exists);
+    // Another session cannot use the holder's delegation, nor a range of another directory.
+    let other = session(&mut fs, 10_000);
+    assert_eq!(
+        code(batch(&mut fs, dir, other, vec![create_op("a", first)])),
+        ErrorCode::Stale
+    );
+    let dir2 = fs.mkdir(root, "e");
+    let (first2, _) = delegate(&mut fs, dir2, s).unwrap();
+    let foreign = batch(&mut fs, dir, s, vec![create_op("a", first2)]);
+    assert_eq!(code(foreign), ErrorCode::InvalidArgument);
+    assert_eq!(fs.lookup(dir, "a"), None);
+    fs.check();
+}
+
+#[test]
+fn another_sessions_change_recalls_the_directory_and_waits() {
+    let (mut fs, root) = Fs::with_volume();
+    let dir = fs.mkdir(root, "d");
+    let holder = session(&mut fs, 10_000);
+    let (first, _) = delegate(&mut fs, dir, holder).unwrap();
+    let other = session(&mut fs, 10_000);
+    assert_eq!(delegate(&mut fs, dir, other), None);
+    // Every op that adds or removes a name in the directory, or removes it, waits.
+    let ops = [
+        MetaOp::Create {
+            parent: dir,
+            name: b"x".to_vec(),
+            kind: plait_proto::meta::NewKind::File,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+        MetaOp::Rmdir {
+            parent: root,
+            name: b"d".to_vec(),
+        },
+        MetaOp::Rename {
+            parent: root,
+            name: b"d".to_vec(),
+            new_parent: dir,
+            new_name: b"loop".to_vec(),
+            mode: RenameMode::Replace,
+        },
+    ];
+    for op in ops {
+        assert_eq!(fs.exec(op).unwrap(), MetaReply::DirRecalling { dir });
+        assert_eq!(fs.lookup(dir, "x"), None);
+    }
+    assert_eq!(recalls(&fs, holder), vec![dir]);
+    // A recalled holder commits what it created, then gives the directory back.
+    assert_eq!(
+        delegate(&mut fs, dir, holder),
+        None,
+        "no new range once recalled"
+    );
+    batch(&mut fs, dir, holder, vec![create_op("mine", first)]).unwrap();
+    fs.exec(MetaOp::ReturnDirDelegation {
+        dir,
+        session: holder,
+    })
+    .unwrap();
+    assert_eq!(recalls(&fs, holder), Vec::<u64>::new());
+    assert_eq!(
+        fs.q(MetaQuery::DirDelegation { dir }).unwrap(),
+        MetaReply::Delegated(None)
+    );
+    fs.mkfile(dir, "x");
+    assert_eq!(fs.lookup(dir, "mine"), Some(first));
+    // It cools down before it is delegated again.
+    assert_eq!(delegate(&mut fs, dir, holder), None);
+    for _ in 0..10 {
+        fs.mkfile(root, &format!("tick{}", fs.clock));
+    }
+    assert!(delegate(&mut fs, dir, holder).is_some());
+    fs.check();
+}
+
+#[test]
+fn a_directory_given_back_unasked_can_be_delegated_again_at_once() {
+    let (mut fs, root) = Fs::with_volume();
+    let dir = fs.mkdir(root, "d");
+    let s = session(&mut fs, 10_000);
+    let (a, _) = delegate(&mut fs, dir, s).unwrap();
+    let (b, _) = delegate(&mut fs, dir, s).unwrap();
+    assert_ne!(a, b, "a second range");
+    // Both ranges may be used.
+    batch(&mut fs, dir, s, vec![create_op("a", a), create_op("b", b)]).unwrap();
+    fs.exec(MetaOp::ReturnDirDelegation { dir, session: s })
+        .unwrap();
+    assert!(delegate(&mut fs, dir, s).is_some());
+    fs.check();
+}
+
+#[test]
+fn an_expired_session_loses_its_directories_and_its_batches_are_refused() {
+    let (mut fs, root) = Fs::with_volume();
+    let dir = fs.mkdir(root, "d");
+    let s = session(&mut fs, 1_000);
+    let (first, _) = delegate(&mut fs, dir, s).unwrap();
+    for _ in 0..3 {
+        fs.mkfile(root, &format!("tick{}", fs.clock));
+    }
+    fs.exec(MetaOp::ExpireSessions).unwrap();
+    assert_eq!(
+        fs.q(MetaQuery::DirDelegation { dir }).unwrap(),
+        MetaReply::Delegated(None)
+    );
+    let late = batch(&mut fs, dir, s, vec![create_op("a", first)]);
+    assert_eq!(code(late), ErrorCode::SessionExpired);
+    fs.mkfile(dir, "a");
+    fs.check();
+}
+
+#[test]
+fn removing_a_directory_forgets_its_delegation_record() {
+    let (mut fs, root) = Fs::with_volume();
+    let dir = fs.mkdir(root, "d");
+    let s = session(&mut fs, 10_000);
+    delegate(&mut fs, dir, s).unwrap();
+    assert_eq!(
+        fs.exec(MetaOp::RecallDir { dir }).unwrap(),
+        MetaReply::DirRecalling { dir }
+    );
+    fs.exec(MetaOp::ReturnDirDelegation { dir, session: s })
+        .unwrap();
+    fs.rmdir(root, "d").unwrap();
+    assert_eq!(
+        fs.exec(MetaOp::RecallDir { dir }).unwrap(),
+        MetaReply::Empty
+    );
+    fs.check();
+}
