@@ -84,10 +84,9 @@ pub(crate) fn dir_recalls(r: &impl KvRead, session: SessionId) -> OpResult<Vec<I
             recalled: Some(_),
             ..
         }) = dir_delegation(r, dir)?
+            && holder == session
         {
-            if holder == session {
-                out.push(dir);
-            }
+            out.push(dir);
         }
     }
     Ok(out)
@@ -159,17 +158,16 @@ impl<R: KvRead> Applier<'_, R> {
             recalled,
             ..
         }) = dir_delegation(&self.txn, dir)?
+            && holder == session
         {
-            if holder == session {
-                self.txn.delete(keys::session_dir(session, dir));
-                if recalled.is_some() {
-                    let rec = DirDelegationRec::Cooldown {
-                        until_ms: ms(self.now).saturating_add(DIR_DELEGATION_COOLDOWN_MS),
-                    };
-                    self.put(keys::dir_delegation(dir), &rec)?;
-                } else {
-                    self.txn.delete(keys::dir_delegation(dir));
-                }
+            self.txn.delete(keys::session_dir(session, dir));
+            if recalled.is_some() {
+                let rec = DirDelegationRec::Cooldown {
+                    until_ms: ms(self.now).saturating_add(DIR_DELEGATION_COOLDOWN_MS),
+                };
+                self.put(keys::dir_delegation(dir), &rec)?;
+            } else {
+                self.txn.delete(keys::dir_delegation(dir));
             }
         }
         Ok(MetaReply::Empty)
