@@ -56,6 +56,9 @@ pub struct MountArgs {
     /// off, its locks are released this long after its last renewal.
     #[arg(long, default_value_t = plait_client::session::LEASE_DEFAULT_MS)]
     pub lease_ms: u64,
+    /// Never ask for directory create delegations (every create is its own commits).
+    #[arg(long)]
+    pub no_dir_delegation: bool,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -77,6 +80,7 @@ pub fn run_foreground(args: &MountArgs) -> Result<()> {
             data_cache_bytes: args.data_cache_mib.saturating_mul(MIB),
             dirty_max_bytes: args.dirty_file_mib.saturating_mul(MIB),
             dirty_total_max_bytes: args.dirty_total_mib.saturating_mul(MIB),
+            delegate_dirs: !args.no_dir_delegation,
         },
         allow_other: args.allow_other,
         threads: args.threads.max(1),
@@ -125,6 +129,9 @@ pub fn spawn_detached(args: &MountArgs, log_file: &Path) -> Result<Child> {
         .arg(args.lease_ms.to_string());
     if args.allow_other {
         cmd.arg("--allow-other");
+    }
+    if args.no_dir_delegation {
+        cmd.arg("--no-dir-delegation");
     }
     cmd.arg(&args.mountpoint)
         .stdin(Stdio::null())

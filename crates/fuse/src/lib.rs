@@ -116,6 +116,7 @@ pub fn mount_blocking(
     let notifier = Arc::new(std::sync::OnceLock::new());
     let fs = Arc::new(fs);
     let recalls = rt.spawn(fs.clone().serve_recalls());
+    let dir_recalls = rt.spawn(fs.clone().serve_dir_recalls());
     let write_behind = rt.spawn(fs.clone().serve_write_behind());
     let adapter = PlaitFuse::new(fs, rt.clone(), notifier.clone());
     let mut session =
@@ -128,6 +129,7 @@ pub fn mount_blocking(
     watcher.abort();
     renewals.abort();
     recalls.abort();
+    dir_recalls.abort();
     write_behind.abort();
     rt.block_on(lock_session.close());
     info!(mountpoint = %mountpoint.display(), "unmounted");

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use plait_proto::meta::{NewKind, SetAttr, TimeSet};
+use plait_proto::meta::{DirBatchOp, NewKind, SetAttr, TimeSet};
 use plait_proto::{
     Attr, CHUNK_MAX_BYTES, ChunkId, ErrorCode, Extent, FILE_MAX_BYTES, INLINE_BATCH_MAX_BYTES,
     INLINE_CHUNK_MAX_BYTES, Ino, MetaOp, MetaQuery, MetaReply, MissingCopy,
@@ -41,6 +41,7 @@ impl PlaitFs {
     /// retries (so `open(O_CREAT)` of a name recreated elsewhere creates or opens the
     /// current file instead of handing out a dead one).
     pub async fn open(&self, ino: Ino, truncate: bool) -> Result<u64, FsError> {
+        self.settle_pending(ino).await?;
         let fh = self.register_file(ino);
         let checked = if truncate {
             self.truncate_for_open(ino).await.map(|_| ())
@@ -104,6 +105,12 @@ impl PlaitFs {
         intent: OpenIntent,
     ) -> Result<(Attr, u64), FsError> {
         check_name(name)?;
+        if let Some(created) = self
+            .create_delegated(parent, name, perm, uid, gid, intent)
+            .await?
+        {
+            return Ok(created);
+        }
         let op = MetaOp::Create {
             parent,
             name: name.to_vec(),
@@ -125,7 +132,7 @@ impl PlaitFs {
 
     /// Opens the file this mount just created: its extents are known (none, size 0, as
     /// committed by the create), so no request is needed to start reading.
-    fn open_created(&self, attr: &Attr) -> u64 {
+    pub(super) fn open_created(&self, attr: &Attr) -> u64 {
         let fh = self.register_file(attr.ino);
         let (start, end) = window_for(0, 1);
         let empty = ExtentWindow {
@@ -513,8 +520,9 @@ impl PlaitFs {
     /// background (at unmount). Returns the first error after trying them all.
     pub async fn flush_all(&self) -> Result<(), FsError> {
         let result = self.flush_every_inode().await;
+        let given_back = self.give_back_all_dirs().await;
         self.reaps_finished().await;
-        result
+        result.and(given_back)
     }
 
     /// Commits every inode's buffered bytes; the first error after trying them all.
@@ -575,7 +583,8 @@ impl PlaitFs {
     pub(super) async fn flush_locked(&self, ino: Ino, entry: &InodeEntry) -> Result<(), FsError> {
         match begin_flush(self, entry, FlushScope::All) {
             Some(snapshot) => self.flush_snapshot(ino, entry, snapshot).await,
-            None => Ok(()),
+            // A file created here with no bytes is still committed (its close must).
+            None => self.commit_created(ino, Vec::new()).await.map(|_| ()),
         }
     }
 
@@ -631,30 +640,25 @@ impl PlaitFs {
     ) -> Result<(), FsError> {
         let session = self.write_session(ino)?;
         let stored = self.upload(snapshot).await?;
-        for batch in write_batches(&stored) {
-            // Copies not acknowledged by now go into the heal index with this commit.
-            let mut under_replicated: Vec<MissingCopy> = batch
-                .iter()
-                .filter_map(|(_, s)| match s {
-                    Stored::Nodes(chunk) => Some(chunk.missing()),
-                    Stored::Inline(_) => None,
-                })
-                .flatten()
-                .collect();
-            under_replicated.sort_by_key(|m| (m.node, m.chunk));
-            under_replicated.dedup_by_key(|m| (m.node, m.chunk));
-            let mut inline: Vec<(ChunkId, &ChunkData)> = batch
-                .iter()
-                .filter_map(|(e, s)| match s {
-                    Stored::Inline(body) => Some((e.chunk, body)),
-                    Stored::Nodes(_) => None,
-                })
-                .collect();
-            inline.sort_by_key(|(id, _)| *id);
-            inline.dedup_by_key(|(id, _)| *id);
+        let batches = write_batches(&stored);
+        if self.pending_dir(ino).is_some() {
+            // Created here: its create and (if they fit one batch) its bytes in one commit.
+            let fits = batches.len() == 1;
+            let writes = if fits {
+                batches.iter().map(|b| self.batch_write(ino, b)).collect()
+            } else {
+                Vec::new()
+            };
+            if self.commit_created(ino, writes).await? && fits {
+                self.remember_inline(&stored);
+                return Ok(());
+            }
+        }
+        for batch in batches {
+            let (extents, under_replicated, inline) = write_parts(batch);
             self.commit_attr_change(MetaOp::Write {
                 ino,
-                extents: batch.iter().map(|(e, _)| *e).collect(),
+                extents,
                 under_replicated,
                 session,
                 inline: inline.iter().map(|(_, b)| b.to_vec()).collect(),
@@ -665,6 +669,26 @@ impl PlaitFs {
             }
         }
         Ok(())
+    }
+
+    /// One batch of a flush as an op of a `DirBatch`.
+    fn batch_write(&self, ino: Ino, batch: &[(Extent, Stored)]) -> DirBatchOp {
+        let (extents, under_replicated, inline) = write_parts(batch);
+        DirBatchOp::Write {
+            ino,
+            extents,
+            under_replicated,
+            inline: inline.iter().map(|(_, b)| b.to_vec()).collect(),
+        }
+    }
+
+    /// Keeps the inline bodies of a committed flush in the chunk cache.
+    fn remember_inline(&self, stored: &[(Extent, Stored)]) {
+        for (e, s) in stored {
+            if let Stored::Inline(body) = s {
+                self.chunks.remember(e.chunk, body.clone());
+            }
+        }
     }
 
     /// Stores every piece of `snapshot`: pieces of at most [`INLINE_CHUNK_MAX_BYTES`] are
@@ -717,6 +741,37 @@ enum Stored {
     Nodes(StoredChunk),
     /// Small enough to travel with the commit and live in the metadata group.
     Inline(ChunkData),
+}
+
+/// The parts of the `Write` of one batch: its extents, the placed copies not acknowledged
+/// by now (they go into the heal index with the commit), and its inline bodies, each once.
+fn write_parts(
+    batch: &[(Extent, Stored)],
+) -> (Vec<Extent>, Vec<MissingCopy>, Vec<(ChunkId, &ChunkData)>) {
+    let mut under_replicated: Vec<MissingCopy> = batch
+        .iter()
+        .filter_map(|(_, s)| match s {
+            Stored::Nodes(chunk) => Some(chunk.missing()),
+            Stored::Inline(_) => None,
+        })
+        .flatten()
+        .collect();
+    under_replicated.sort_by_key(|m| (m.node, m.chunk));
+    under_replicated.dedup_by_key(|m| (m.node, m.chunk));
+    let mut inline: Vec<(ChunkId, &ChunkData)> = batch
+        .iter()
+        .filter_map(|(e, s)| match s {
+            Stored::Inline(body) => Some((e.chunk, body)),
+            Stored::Nodes(_) => None,
+        })
+        .collect();
+    inline.sort_by_key(|(id, _)| *id);
+    inline.dedup_by_key(|(id, _)| *id);
+    (
+        batch.iter().map(|(e, _)| *e).collect(),
+        under_replicated,
+        inline,
+    )
 }
 
 /// Cuts a flush's extents into `Write` batches of at most [`WRITE_EXTENTS_MAX`] extents and

@@ -185,7 +185,7 @@ impl PlaitFs {
         *lock(&self.locks.session) = Some(session);
     }
 
-    fn session(&self) -> Result<Arc<Session>, FsError> {
+    pub(super) fn session(&self) -> Result<Arc<Session>, FsError> {
         lock(&self.locks.session)
             .clone()
             .ok_or_else(|| FsError::code(ErrorCode::NoLocks, "this mount has no lock session"))
@@ -227,6 +227,7 @@ impl PlaitFs {
 
     /// F_GETLK: the conflicting lock, if any.
     pub async fn getlk(&self, call: LockCall) -> Result<Option<Conflict>, FsError> {
+        self.settle_pending(call.ino).await?;
         let session = self.session()?.id();
         let spec = call.spec(call.lock_type.unwrap_or(LockType::Write))?;
         let deadline = Instant::now() + Duration::from_millis(RECALL_NOWAIT_MAX_MS);
@@ -271,6 +272,7 @@ impl PlaitFs {
         sleep: bool,
         interrupted: impl Fn() -> bool,
     ) -> Result<bool, FsError> {
+        self.settle_pending(call.ino).await?;
         let Some(lock_type) = call.lock_type else {
             self.unlock(call).await?;
             return Ok(false);
@@ -823,7 +825,7 @@ impl PlaitFs {
         let Ok(_stripe) = self.locks.stripe(ino, owner).try_lock() else {
             return false;
         };
-        if lock(&self.locks.owners).contains_key(&(ino, owner)) {
+        if lock(&self.locks.owners).contains_key(&(ino, owner)) || self.pending_dir(ino).is_some() {
             return false;
         }
         match self.inode_entry(ino) {

@@ -21,6 +21,7 @@ mod chunk_io;
 mod data;
 mod delegation;
 mod dir;
+mod dir_delegation;
 mod dirty;
 mod extents;
 mod inode;
@@ -77,6 +78,9 @@ pub struct FsConfig {
     /// Dirty bytes all files may buffer together; a write that would pass it flushes the
     /// files holding the most first.
     pub dirty_total_max_bytes: u64,
+    /// Ask for directories in which this mount creates files in a run, and create them
+    /// locally with one commit per file while holding them (see `dir_delegation`).
+    pub delegate_dirs: bool,
 }
 
 impl Default for FsConfig {
@@ -88,6 +92,7 @@ impl Default for FsConfig {
             data_cache_bytes: 256 * MIB,
             dirty_max_bytes: 64 * MIB,
             dirty_total_max_bytes: 256 * MIB,
+            delegate_dirs: true,
         }
     }
 }
@@ -196,6 +201,8 @@ pub struct PlaitFs {
     write_behind: write_behind::WriteBehind,
     /// Slots of the orphan reaps running in the background.
     reaps: Arc<tokio::sync::Semaphore>,
+    /// Directories this mount holds and the files it created in them.
+    dir_delegations: dir_delegation::DirDelegations,
 }
 
 impl PlaitFs {
@@ -227,6 +234,7 @@ impl PlaitFs {
             statahead,
             write_behind: write_behind::WriteBehind::default(),
             reaps: Arc::new(tokio::sync::Semaphore::new(REAPS_IN_FLIGHT_MAX)),
+            dir_delegations: dir_delegation::DirDelegations::default(),
         }
     }
 
@@ -235,7 +243,7 @@ impl PlaitFs {
     /// snapshots, so this mount never answers a lookup from before its own change.
     async fn commit(&self, op: MetaOp) -> Result<MetaReply, RpcError> {
         self.statahead.invalidate();
-        self.client.meta(op).await
+        self.meta_waiting(op).await
     }
 
     /// Proposes `op`, which changes only the attributes (and data) of one inode and is
@@ -262,7 +270,7 @@ impl PlaitFs {
         op: MetaOp,
     ) -> Result<MetaReply, RpcError> {
         let kept = self.statahead.invalidate_except(parent);
-        let reply = self.client.meta(op).await;
+        let reply = self.meta_waiting(op).await;
         match &reply {
             Ok(MetaReply::Attr(attr)) => self.statahead.created(kept, parent, name, attr),
             _ => self.statahead.invalidate(),
@@ -336,6 +344,9 @@ impl PlaitFs {
             }
             _ => check_name(name)?,
         }
+        if let Some(answer) = self.delegated_lookup(parent, name) {
+            return answer;
+        }
         let now = Instant::now();
         if let Some(answer) = self.statahead_answer(parent, name, now) {
             return answer;
@@ -359,6 +370,9 @@ impl PlaitFs {
     pub fn lookup_local(&self, parent: Ino, name: &[u8]) -> Option<Attr> {
         if matches!(name, b"." | b"..") || check_name(name).is_err() {
             return None;
+        }
+        if let Some(answer) = self.delegated_lookup(parent, name) {
+            return answer.ok();
         }
         match self.statahead_answer(parent, name, Instant::now()) {
             Some(Ok(attr)) => Some(attr),
@@ -449,6 +463,9 @@ impl PlaitFs {
 
     /// Attributes of `ino`; the size includes bytes buffered on this mount.
     pub async fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+        if let Some(attr) = self.delegated_attr(ino) {
+            return Ok(attr);
+        }
         let reply = self.client.query(MetaQuery::GetAttr { ino }).await?;
         Ok(self.with_dirty_size(expect_attr("GetAttr", reply)?))
     }
@@ -542,6 +559,7 @@ impl PlaitFs {
     /// Adds the hard link `new_parent/new_name` to `ino`.
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr, FsError> {
         check_name(new_name)?;
+        self.settle_pending(ino).await?;
         let reply = self
             .commit(MetaOp::Link {
                 ino,
@@ -642,6 +660,7 @@ impl PlaitFs {
 
     /// All entries of directory `ino`, fetched page by page.
     async fn list_dir(&self, ino: Ino) -> Result<DirListing, FsError> {
+        self.settle_dir(ino).await?;
         let mut entries: Vec<DirEntry> = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         let mut parent;
@@ -688,6 +707,7 @@ impl PlaitFs {
     /// undo a truncation or overwrite an explicitly set mtime; a size change also drops
     /// buffered bytes past the new size.
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr, FsError> {
+        self.settle_pending(ino).await?;
         let Some(entry) = self.inode_entry(ino) else {
             return self.setattr_remote(ino, set).await;
         };
@@ -732,6 +752,7 @@ impl PlaitFs {
         mode: XattrMode,
     ) -> Result<(), FsError> {
         check_xattr_name(name)?;
+        self.settle_pending(ino).await?;
         self.xattrs_changed(ino);
         self.commit(MetaOp::SetXattr {
             ino,
@@ -799,6 +820,7 @@ impl PlaitFs {
     /// Removes extended attribute `name` of `ino` (ENODATA if absent).
     pub async fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<(), FsError> {
         check_xattr_name(name)?;
+        self.settle_pending(ino).await?;
         self.xattrs_changed(ino);
         self.commit(MetaOp::RemoveXattr {
             ino,

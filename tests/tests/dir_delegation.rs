@@ -1,0 +1,156 @@
+//! Directory create delegations with real processes: a mount that creates files in a run
+//! holds the directory and creates them locally (one commit per file, at its close);
+//! another mount that changes the directory's names recalls it; a mount that lost its
+//! session loses only what it never acknowledged.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+use plait_tests::{Playground, content, mount_pid};
+
+#[test]
+fn files_created_in_a_run_are_committed_at_close_and_recalled_by_another_mount() {
+    let mut pg = Playground::up(3, 3, &[]).unwrap();
+    let a = pg.mnt.clone();
+    let b = pg.mount().unwrap();
+    fs::create_dir(a.join("d")).unwrap();
+    // A run of creates: after the first few the directory is this mount's.
+    for i in 0..50 {
+        fs::write(a.join(format!("d/f{i}")), content("run", i, 9000)).unwrap();
+    }
+    // Every closed file is committed: the other mount reads each in full.
+    for i in 0..50 {
+        assert_eq!(
+            fs::read(b.join(format!("d/f{i}"))).unwrap(),
+            content("run", i, 9000),
+            "d/f{i} on the other mount"
+        );
+    }
+
+    // The holder's own view of files it created and has not closed yet.
+    fs::write(a.join("d/g0"), b"x").unwrap();
+    let mut open = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(a.join("d/open"))
+        .unwrap();
+    open.write_all(b"written before the recall").unwrap();
+    let listed: Vec<String> = fs::read_dir(a.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(listed.contains(&"open".to_string()), "{listed:?}");
+    let exclusive = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(a.join("d/g0"));
+    assert_eq!(
+        exclusive.unwrap_err().raw_os_error(),
+        Some(libc::EEXIST),
+        "O_EXCL of a name the holder created"
+    );
+    let mut again = String::new();
+    fs::File::open(a.join("d/open"))
+        .unwrap()
+        .read_to_string(&mut again)
+        .unwrap();
+    assert_eq!(again, "written before the recall");
+
+    // Another mount creating in the directory recalls it: the holder commits what it
+    // created (with the bytes written so far), then the create goes ahead.
+    let started = Instant::now();
+    fs::write(b.join("d/from-b"), b"b").unwrap();
+    eprintln!("create on the other mount took {:?}", started.elapsed());
+    assert_eq!(
+        fs::read(b.join("d/open")).unwrap(),
+        b"written before the recall"
+    );
+    let meta = fs::metadata(b.join("d/open")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+    open.write_all(b", and after").unwrap();
+    drop(open);
+    assert_eq!(
+        fs::read(b.join("d/open")).unwrap(),
+        b"written before the recall, and after"
+    );
+    assert_eq!(fs::read(a.join("d/from-b")).unwrap(), b"b");
+
+    // The holder goes on creating (the ordinary way while the directory cools down),
+    // and its own renames, unlinks and attribute changes work on files it created.
+    for i in 0..20 {
+        fs::write(a.join(format!("d/h{i}")), content("after", i, 100)).unwrap();
+    }
+    fs::rename(a.join("d/h0"), a.join("d/h0-renamed")).unwrap();
+    fs::remove_file(a.join("d/h1")).unwrap();
+    fs::set_permissions(a.join("d/h2"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        fs::read(b.join("d/h0-renamed")).unwrap(),
+        content("after", 0, 100)
+    );
+    assert!(!b.join("d/h1").exists());
+    assert_eq!(
+        fs::metadata(b.join("d/h2")).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    for i in 3..20 {
+        assert_eq!(
+            fs::read(b.join(format!("d/h{i}"))).unwrap(),
+            content("after", i, 100)
+        );
+    }
+}
+
+#[test]
+fn a_mount_that_lost_its_session_loses_only_unacknowledged_creates() {
+    let mut pg = Playground::up(3, 3, &[]).unwrap();
+    let a = pg.mount_with(&["--lease-ms=2000"]).unwrap();
+    let b = pg.mnt.clone();
+    fs::create_dir(a.join("d")).unwrap();
+    for i in 0..10 {
+        fs::write(a.join(format!("d/f{i}")), content("kept", i, 500)).unwrap();
+    }
+    // (Looked up before the file is opened: a child process closing its copy of the
+    // descriptor would flush it.)
+    let pid = mount_pid(&pg, &a).expect("mount pid");
+    let mut open = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(a.join("d/never-closed"))
+        .unwrap();
+    open.write_all(b"not acknowledged").unwrap();
+
+    // The holder hangs past its lease: the other mount's create waits for the recall
+    // until the group drops the session (and the directory with it), then goes ahead.
+    let pid = libc::pid_t::try_from(pid).unwrap();
+    // SAFETY: plain syscall on a pid we own.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let started = Instant::now();
+    let created = fs::write(b.join("d/from-b"), b"b");
+    let waited = started.elapsed();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    created.unwrap();
+    eprintln!("the create waited {waited:?} for the hung holder");
+    assert!(waited < Duration::from_secs(20), "waited {waited:?}");
+
+    // The holder's close reports the loss; nothing of it appears anywhere.
+    let closed = open.flush().and_then(|()| open.sync_all());
+    assert!(closed.is_err(), "fsync under a lost delegation succeeded");
+    drop(open);
+    assert!(!b.join("d/never-closed").exists());
+    // Everything it acknowledged is there.
+    for i in 0..10 {
+        assert_eq!(
+            fs::read(b.join(format!("d/f{i}"))).unwrap(),
+            content("kept", i, 500)
+        );
+    }
+    // And it works again with a new session.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    plait_tests::write_until_ok(&a.join("d/after"), b"again", deadline);
+    assert_eq!(fs::read(b.join("d/after")).unwrap(), b"again");
+}
