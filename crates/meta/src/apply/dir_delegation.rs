@@ -208,7 +208,9 @@ impl<R: KvRead> Applier<'_, R> {
         Ok(None)
     }
 
-    /// `DirBatch`: every op or none.
+    /// `DirBatch`: every op or none. Resending a batch that was applied changes nothing
+    /// but the files' times (its creates find their files, its writes put the same
+    /// extents back), so a mount may resend after an ambiguous failure.
     pub(super) fn dir_batch(
         &mut self,
         dir: Ino,
@@ -269,10 +271,18 @@ impl<R: KvRead> Applier<'_, R> {
                             format!("inode {ino} is not in a range of directory {dir}"),
                         ));
                     }
-                    if read::inode(&self.txn, *ino)?.is_some() {
-                        return Err(refuse(ErrorCode::Exists, format!("inode {ino} exists")));
+                    if let Some(rec) = read::inode(&self.txn, *ino)? {
+                        // A batch resent after an ambiguous failure: the file is there
+                        // under its name already (nobody else can name it meanwhile).
+                        let same =
+                            read::dentry(&self.txn, dir, name)?.is_some_and(|d| d.ino == *ino);
+                        if !same {
+                            return Err(refuse(ErrorCode::Exists, format!("inode {ino} exists")));
+                        }
+                        MetaReply::Attr(rec.attr(*ino))
+                    } else {
+                        self.create_as(dir, name, &NewKind::File, *perm, *uid, *gid, *ino)?
                     }
-                    self.create_as(dir, name, &NewKind::File, *perm, *uid, *gid, *ino)?
                 }
                 DirBatchOp::Write {
                     ino,

@@ -256,3 +256,21 @@ fn removing_a_directory_forgets_its_delegation_record() {
     );
     fs.check();
 }
+
+#[test]
+fn a_resent_batch_changes_nothing_but_times() {
+    let (mut fs, root) = Fs::with_volume();
+    let dir = fs.mkdir(root, "d");
+    let s = session(&mut fs, 10_000);
+    let (first, _) = delegate(&mut fs, dir, s).unwrap();
+    let ops = vec![create_op("a", first), inline_write(first, b"hello")];
+    batch(&mut fs, dir, s, ops.clone()).unwrap();
+    batch(&mut fs, dir, s, ops).unwrap();
+    assert_eq!(fs.lookup(dir, "a"), Some(first));
+    assert_eq!(fs.attr(first).size, 5);
+    assert_eq!(fs.attr(first).nlink, 1);
+    // The number under another name is still refused.
+    let other = batch(&mut fs, dir, s, vec![create_op("b", first)]);
+    assert_eq!(code(other), ErrorCode::Exists);
+    fs.check();
+}
