@@ -29,6 +29,27 @@ fn files_created_in_a_run_are_committed_at_close_and_recalled_by_another_mount()
         );
     }
 
+    // An appender on a file the holder creates (Monolog: fopen "a", flock, write).
+    let mut log = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(a.join("d/app.log"))
+        .unwrap();
+    log.write_all(b"line 0\n").unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid descriptor for the duration of the calls.
+        assert_eq!(unsafe { libc::flock(log.as_raw_fd(), libc::LOCK_EX) }, 0);
+        log.write_all(b"line 1\n").unwrap();
+        assert_eq!(unsafe { libc::flock(log.as_raw_fd(), libc::LOCK_UN) }, 0);
+    }
+    log.write_all(b"line 2\n").unwrap();
+    drop(log);
+    assert_eq!(
+        fs::read_to_string(b.join("d/app.log")).unwrap(),
+        "line 0\nline 1\nline 2\n"
+    );
+
     // The holder's own view of files it created and has not closed yet.
     fs::write(a.join("d/g0"), b"x").unwrap();
     let mut open = OpenOptions::new()

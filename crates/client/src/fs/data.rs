@@ -197,6 +197,19 @@ impl PlaitFs {
         if len == 0 {
             return Ok(Vec::new());
         }
+        if self.pending_dir(ino).is_some() {
+            // A file created here: its (empty) extents are known for the first window;
+            // past it, the group must know the file before it can be asked.
+            let covered = self.inode_entry(ino).is_some_and(|e| {
+                e.lock()
+                    .extents
+                    .as_ref()
+                    .is_some_and(|w| w.covers(offset, offset.saturating_add(len)))
+            });
+            if !covered {
+                self.settle_pending(ino).await?;
+            }
+        }
         // A transient entry when this mount holds no state (should not happen with a valid
         // handle): the read then simply caches nothing.
         let entry = self.inode_entry(ino).unwrap_or_default();
@@ -412,6 +425,8 @@ impl PlaitFs {
         self.check_file(ino, fh)?;
         let written = u32::try_from(data.len())
             .map_err(|_| FsError::code(ErrorCode::InvalidArgument, "write larger than 4 GiB"))?;
+        // The end of the file is asked of the group, which must know the file.
+        self.settle_pending(ino).await?;
         let entry = self.inode_entry_or_new(ino);
         {
             let _no_flush = entry.flush_lock.lock().await;

@@ -42,7 +42,8 @@ const DIR_INTEREST_WINDOW_MS: u64 = 2_000;
 /// Directories with counted creates the mount remembers (cleared when full).
 const DIR_INTEREST_MAX: usize = 4096;
 
-/// How long a directory the group refused is not asked for again, in milliseconds.
+/// How long a directory the group refused (or this mount gave back for a change of its
+/// own) is not asked for again, in milliseconds.
 const DIR_REFUSED_BACKOFF_MS: u64 = 5_000;
 
 /// Directories one mount holds at once.
@@ -606,6 +607,13 @@ impl PlaitFs {
         for dir in dirs {
             if lock(&self.dir_delegations.inner).dirs.contains_key(&dir) {
                 self.give_back_dir(dir).await?;
+                // Creates mixed with other changes: not worth asking again at once.
+                let now = Instant::now();
+                let mut inner = lock(&self.dir_delegations.inner);
+                inner.refused.retain(|_, until| *until > now);
+                inner
+                    .refused
+                    .insert(dir, now + Duration::from_millis(DIR_REFUSED_BACKOFF_MS));
             }
         }
         Ok(())

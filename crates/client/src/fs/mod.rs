@@ -772,10 +772,12 @@ impl PlaitFs {
     /// mount set it in that moment (the staleness the attribute timeout allows).
     pub async fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, FsError> {
         check_xattr_name(name)?;
-        if name == b"security.capability" && self.created_here_recently(ino) {
+        // A file created here and not committed has none (setting one commits it first).
+        let pending = self.pending_dir(ino).is_some();
+        if pending || (name == b"security.capability" && self.created_here_recently(ino)) {
             return Err(FsError::code(
                 ErrorCode::NoAttr,
-                "no xattr \"security.capability\"",
+                format!("no xattr {:?}", String::from_utf8_lossy(name)),
             ));
         }
         let reply = self
@@ -811,6 +813,10 @@ impl PlaitFs {
 
     /// Names of the extended attributes of `ino`.
     pub async fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>, FsError> {
+        if self.pending_dir(ino).is_some() {
+            // Created here and not committed: it has none.
+            return Ok(Vec::new());
+        }
         match self.client.query(MetaQuery::ListXattr { ino }).await? {
             MetaReply::XattrNames(names) => Ok(names),
             other => Err(unexpected("ListXattr", &other)),

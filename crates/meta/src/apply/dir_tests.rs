@@ -274,3 +274,155 @@ fn a_resent_batch_changes_nothing_but_times() {
     assert_eq!(code(other), ErrorCode::Exists);
     fs.check();
 }
+
+// ---- random interleavings of two sessions and a third party ---------------------------
+
+mod random {
+    use std::collections::BTreeMap;
+
+    use plait_proto::meta::{DirBatchOp, NewKind};
+    use plait_proto::{MetaOp, MetaReply};
+    use proptest::prelude::*;
+
+    use super::{create_op, inline_write, session};
+    use crate::KvRead;
+    use crate::apply::dir_delegation::dir_holder;
+    use crate::keys;
+    use crate::testutil::{Fs, check_invariants};
+
+    /// Directories in the test.
+    const DIRS: usize = 2;
+    /// Names per directory.
+    const NAMES: u8 = 4;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Session `s` asks for directory `d`.
+        Delegate(usize, usize),
+        /// Session `s` commits a batch creating name `n` in `d` (with bytes or not).
+        Batch(usize, usize, u8, bool),
+        /// Session `s` gives `d` back.
+        Return(usize, usize),
+        /// A session without delegations creates `n` in `d` the ordinary way.
+        Create(usize, u8),
+        /// ... or unlinks it.
+        Unlink(usize, u8),
+        /// ... or asks for `d` back explicitly.
+        Recall(usize),
+        /// Session `s` renews its lease.
+        Renew(usize),
+        /// Time passes and the leader expires lapsed sessions.
+        Expire,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let s = 0..2usize;
+        let d = 0..DIRS;
+        let n = 0..NAMES;
+        prop_oneof![
+            3 => (s.clone(), d.clone()).prop_map(|(s, d)| Step::Delegate(s, d)),
+            5 => (s.clone(), d.clone(), n.clone(), any::<bool>())
+                .prop_map(|(s, d, n, w)| Step::Batch(s, d, n, w)),
+            2 => (s.clone(), d.clone()).prop_map(|(s, d)| Step::Return(s, d)),
+            3 => (d.clone(), n.clone()).prop_map(|(d, n)| Step::Create(d, n)),
+            2 => (d.clone(), n).prop_map(|(d, n)| Step::Unlink(d, n)),
+            1 => d.prop_map(Step::Recall),
+            2 => s.prop_map(Step::Renew),
+            1 => Just(Step::Expire),
+        ]
+    }
+
+    /// The entries of directory `dir`, as stored.
+    fn entries(fs: &Fs, dir: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+        fs.kv
+            .scan(&keys::dentry_prefix(dir), None, 1000)
+            .expect("scan")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Whatever the interleaving, every invariant holds after every step, and while a
+        /// directory is delegated nothing but its holder's batches changes its names.
+        #[test]
+        fn recalls_and_batches_keep_delegated_directories_exclusive(
+            steps in proptest::collection::vec(step(), 1..60)
+        ) {
+            let (mut fs, root) = Fs::with_volume();
+            let dirs: Vec<u64> = (0..DIRS).map(|i| fs.mkdir(root, &format!("d{i}"))).collect();
+            let sessions = [session(&mut fs, 5_000), session(&mut fs, 5_000)];
+            // Unused numbers of each (session, dir) grant seen, in order.
+            let mut free: BTreeMap<(usize, usize), Vec<u64>> = BTreeMap::new();
+            for st in &steps {
+                let held: Vec<Option<u64>> = dirs
+                    .iter()
+                    .map(|d| dir_holder(&fs.kv, *d).expect("holder"))
+                    .collect();
+                let before: Vec<_> = dirs.iter().map(|d| entries(&fs, *d)).collect();
+                let mut batch_of = None;
+                match st {
+                    Step::Delegate(s, d) => {
+                        let reply = fs.exec(MetaOp::DelegateDir { dir: dirs[*d], session: sessions[*s] });
+                        if let Ok(MetaReply::DirDelegated { first_ino, count }) = reply {
+                            free.entry((*s, *d)).or_default().extend(first_ino..first_ino + count.min(8));
+                        }
+                    }
+                    Step::Batch(s, d, n, write) => {
+                        let Some(ino) = free.get_mut(&(*s, *d)).and_then(|v| v.pop()) else { continue };
+                        let mut ops: Vec<DirBatchOp> = vec![create_op(&format!("n{n}"), ino)];
+                        if *write {
+                            ops.push(inline_write(ino, &[*n; 20]));
+                        }
+                        let reply = fs.exec(MetaOp::DirBatch { dir: dirs[*d], session: sessions[*s], ops });
+                        if reply.is_ok() {
+                            prop_assert_eq!(held[*d], Some(sessions[*s]), "a batch of a non-holder succeeded");
+                            prop_assert_eq!(fs.lookup(dirs[*d], &format!("n{n}")), Some(ino));
+                        }
+                        batch_of = Some(*d);
+                    }
+                    Step::Return(s, d) => {
+                        fs.exec(MetaOp::ReturnDirDelegation { dir: dirs[*d], session: sessions[*s] })
+                            .expect("return is idempotent");
+                    }
+                    Step::Create(d, n) => {
+                        let reply = fs.exec(MetaOp::Create {
+                            parent: dirs[*d],
+                            name: format!("n{n}").into_bytes(),
+                            kind: NewKind::File,
+                            perm: 0o644,
+                            uid: 0,
+                            gid: 0,
+                        });
+                        if held[*d].is_some() {
+                            prop_assert_eq!(reply.ok(), Some(MetaReply::DirRecalling { dir: dirs[*d] }));
+                        }
+                    }
+                    Step::Unlink(d, n) => {
+                        let reply = fs.exec(MetaOp::Unlink { parent: dirs[*d], name: format!("n{n}").into_bytes() });
+                        if held[*d].is_some() {
+                            prop_assert_eq!(reply.ok(), Some(MetaReply::DirRecalling { dir: dirs[*d] }));
+                        }
+                    }
+                    Step::Recall(d) => {
+                        let reply = fs.exec(MetaOp::RecallDir { dir: dirs[*d] }).expect("recall");
+                        let expect = if held[*d].is_some() { MetaReply::DirRecalling { dir: dirs[*d] } } else { MetaReply::Empty };
+                        prop_assert_eq!(reply, expect);
+                    }
+                    Step::Renew(s) => {
+                        let _ = fs.exec(MetaOp::RenewSession { session: sessions[*s] });
+                    }
+                    Step::Expire => {
+                        fs.clock += 6;
+                        fs.exec(MetaOp::ExpireSessions).expect("expire");
+                    }
+                }
+                check_invariants(&fs.kv);
+                for (i, d) in dirs.iter().enumerate() {
+                    if held[i].is_some() && batch_of != Some(i) {
+                        prop_assert_eq!(&before[i], &entries(&fs, *d), "names of a delegated directory changed");
+                    }
+                }
+            }
+        }
+    }
+}
