@@ -306,10 +306,12 @@ fn a_large_file_is_stored_behind_its_writer() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(
-        seen,
-        (3 * CHUNK_BYTES) as u64,
-        "the three whole chunks are committed before the close, the tail is not"
+    // At least the three whole chunks are committed before the close. The tail may be
+    // too: a process another test forks meanwhile inherits this descriptor and closes it
+    // at exec, and every close of a descriptor flushes the file.
+    assert!(
+        seen >= (3 * CHUNK_BYTES) as u64,
+        "only {seen} bytes visible before the close; the three whole chunks should be"
     );
     drop(file); // close: the 100 KiB tail is committed now
 

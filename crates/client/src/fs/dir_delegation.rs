@@ -30,7 +30,7 @@ use plait_proto::{
 };
 use tracing::{debug, warn};
 
-use super::{FsError, OpenIntent, PlaitFs, READDIR_PAGE_ENTRIES, lock, unexpected};
+use super::{FsError, OpenIntent, PlaitFs, lock, unexpected};
 
 /// Creates in one directory within [`DIR_INTEREST_WINDOW_MS`] after which the mount asks
 /// for the directory (a single create is cheaper the ordinary way).
@@ -401,30 +401,10 @@ impl PlaitFs {
 
     /// Every name of `dir`, or `None` if it has more than [`DIR_NAMES_MAX`].
     async fn dir_names(&self, dir: Ino) -> Result<Option<HashSet<Vec<u8>>>, FsError> {
-        let mut names = HashSet::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let reply = self
-                .client
-                .query(MetaQuery::ReadDir {
-                    ino: dir,
-                    after: after.take(),
-                    limit: READDIR_PAGE_ENTRIES,
-                })
-                .await?;
-            let MetaReply::Entries { entries, .. } = reply else {
-                return Err(unexpected("ReadDir", &reply));
-            };
-            let last_page = entries.len() < READDIR_PAGE_ENTRIES as usize;
-            after = entries.last().map(|e| e.name.clone());
-            names.extend(entries.into_iter().map(|e| e.name));
-            if names.len() > DIR_NAMES_MAX {
-                return Ok(None);
-            }
-            if last_page || after.is_none() {
-                return Ok(Some(names));
-            }
-        }
+        Ok(self
+            .read_dir_all(dir, DIR_NAMES_MAX)
+            .await?
+            .map(|entries| entries.into_iter().map(|e| e.name).collect()))
     }
 
     /// Commits a file created here, with `writes` (its buffered bytes, possibly none), in

@@ -411,6 +411,25 @@ impl PlaitFs {
     async fn fetch_snapshot(&self, dir: Ino) -> Result<(), FsError> {
         let generation = self.statahead.generation();
         let fetched_at = Instant::now();
+        let entries = self
+            .read_dir_all(dir, statahead::SNAPSHOT_ENTRIES_MAX)
+            .await?;
+        debug!(
+            dir,
+            entries = entries.as_ref().map(Vec::len),
+            "statahead snapshot"
+        );
+        self.statahead.store(dir, generation, entries, fetched_at);
+        Ok(())
+    }
+
+    /// Every entry of directory `dir`, page by page, or `None` as soon as there are more
+    /// than `max_entries`.
+    async fn read_dir_all(
+        &self,
+        dir: Ino,
+        max_entries: usize,
+    ) -> Result<Option<Vec<DirEntry>>, FsError> {
         let mut entries: Vec<DirEntry> = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -428,18 +447,13 @@ impl PlaitFs {
             let last_page = page.len() < READDIR_PAGE_ENTRIES as usize;
             after = page.last().map(|e| e.name.clone());
             entries.extend(page);
-            if entries.len() > statahead::SNAPSHOT_ENTRIES_MAX {
-                self.statahead.store(dir, generation, None, fetched_at);
-                return Ok(());
+            if entries.len() > max_entries {
+                return Ok(None);
             }
             if last_page || after.is_none() {
-                break;
+                return Ok(Some(entries));
             }
         }
-        debug!(dir, entries = entries.len(), "statahead snapshot");
-        self.statahead
-            .store(dir, generation, Some(entries), fetched_at);
-        Ok(())
     }
 
     /// The parent directory of directory `dir` (the root is its own parent).
