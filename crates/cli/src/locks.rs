@@ -75,6 +75,7 @@ async fn resolve(client: &ClusterClient, root: Ino, path: &str) -> Result<Ino> {
             .query(MetaQuery::Lookup {
                 parent: ino,
                 name: part.as_bytes().to_vec(),
+                session: None,
             })
             .await?
         {

@@ -457,6 +457,7 @@ fn add_mount(dir: &Path, state: &mut State, mnt: &Path, lease_ms: u64, via: &[u3
         threads: 2,
         lease_ms,
         no_dir_delegation: false,
+        close_durable: false,
     };
     let mut child = mount::spawn_detached(&args, &log)?;
     mount::wait_mounted(&mnt, &mut child, &log)?;

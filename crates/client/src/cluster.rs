@@ -297,6 +297,11 @@ impl ClusterClient {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How long one operation may take before it fails (`op_timeout_ms`).
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
     /// Proposes a metadata change to the leader.
     ///
     /// Follows `NotLeader` hints and rotates through the nodes while no connection can be

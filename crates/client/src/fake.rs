@@ -187,7 +187,7 @@ impl FakeState {
                 write_quorum: 1,
             })),
             MetaQuery::Volume { .. } => Err(err(ErrorCode::NotFound)),
-            MetaQuery::Lookup { parent, name } => {
+            MetaQuery::Lookup { parent, name, .. } => {
                 let ino = self
                     .dentries
                     .get(&(*parent, name.clone()))
@@ -195,9 +195,9 @@ impl FakeState {
                 Ok(MetaReply::Attr(self.attr(*ino)?))
             }
             MetaQuery::GetAttr { ino } => Ok(MetaReply::Attr(self.attr(*ino)?)),
-            MetaQuery::ReadDir { ino, after, limit } => {
-                self.readdir(*ino, after.as_deref(), *limit)
-            }
+            MetaQuery::ReadDir {
+                ino, after, limit, ..
+            } => self.readdir(*ino, after.as_deref(), *limit),
             MetaQuery::ReadLink { ino } => self
                 .links
                 .get(ino)

@@ -117,6 +117,7 @@ pub fn mount_blocking(
     let fs = Arc::new(fs);
     let recalls = rt.spawn(fs.clone().serve_recalls());
     let dir_recalls = rt.spawn(fs.clone().serve_dir_recalls());
+    let dir_batches = rt.spawn(fs.clone().serve_dir_batches());
     let write_behind = rt.spawn(fs.clone().serve_write_behind());
     let adapter = PlaitFuse::new(fs, rt.clone(), notifier.clone());
     let mut session =
@@ -130,6 +131,7 @@ pub fn mount_blocking(
     renewals.abort();
     recalls.abort();
     dir_recalls.abort();
+    dir_batches.abort();
     write_behind.abort();
     rt.block_on(lock_session.close());
     info!(mountpoint = %mountpoint.display(), "unmounted");

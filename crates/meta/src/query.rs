@@ -34,9 +34,18 @@ fn run(r: &impl KvRead, q: &MetaQuery) -> OpResult<MetaReply> {
     match q {
         MetaQuery::Volume { name } => volume(r, name),
         MetaQuery::ListVolumes => list_volumes(r),
-        MetaQuery::Lookup { parent, name } => lookup(r, *parent, name),
+        MetaQuery::Lookup {
+            parent,
+            name,
+            session,
+        } => lookup(r, *parent, name, *session),
         MetaQuery::GetAttr { ino } => Ok(MetaReply::Attr(read::require_inode(r, *ino)?.attr(*ino))),
-        MetaQuery::ReadDir { ino, after, limit } => read_dir(r, *ino, after.as_deref(), *limit),
+        MetaQuery::ReadDir {
+            ino,
+            after,
+            limit,
+            session,
+        } => read_dir(r, *ino, after.as_deref(), *limit, *session),
         MetaQuery::ReadLink { ino } => read_link(r, *ino),
         MetaQuery::Extents { ino, offset, len } => extents(r, *ino, *offset, *len),
         MetaQuery::GetXattr { ino, name } => get_xattr(r, *ino, name),
@@ -125,15 +134,50 @@ fn list_volumes(r: &impl KvRead) -> OpResult<MetaReply> {
     Ok(MetaReply::Volumes(vols))
 }
 
-fn lookup(r: &impl KvRead, parent: Ino, name: &[u8]) -> OpResult<MetaReply> {
+fn lookup(
+    r: &impl KvRead,
+    parent: Ino,
+    name: &[u8],
+    session: Option<SessionId>,
+) -> OpResult<MetaReply> {
     validate::name(name)?;
     read::require_dir(r, parent)?;
-    let d = read::require_dentry(r, parent, name)?;
-    Ok(MetaReply::Attr(read::child(r, &d)?.attr(d.ino)))
+    match read::dentry(r, parent, name)? {
+        Some(d) => Ok(MetaReply::Attr(read::child(r, &d)?.attr(d.ino))),
+        // A committed name is the answer whoever holds the directory (its holder cannot
+        // remove one without giving it back); an absent one may be a file its holder
+        // created and has not committed yet.
+        None if held_by_other(r, parent, session)? => Ok(MetaReply::DirRecalling { dir: parent }),
+        None => Err(refuse(
+            ErrorCode::NotFound,
+            format!(
+                "no entry {:?} in directory {parent}",
+                String::from_utf8_lossy(name)
+            ),
+        )),
+    }
 }
 
-fn read_dir(r: &impl KvRead, ino: Ino, after: Option<&[u8]>, limit: u32) -> OpResult<MetaReply> {
+/// True if `dir` is delegated to a session other than `asker` (a mount's question about
+/// its names must then wait for the holder to give it back; tools, `None`, never do).
+fn held_by_other(r: &impl KvRead, dir: Ino, asker: Option<SessionId>) -> OpResult<bool> {
+    let Some(asker) = asker else {
+        return Ok(false);
+    };
+    Ok(crate::apply::dir_delegation::dir_holder(r, dir)?.is_some_and(|holder| holder != asker))
+}
+
+fn read_dir(
+    r: &impl KvRead,
+    ino: Ino,
+    after: Option<&[u8]>,
+    limit: u32,
+    session: Option<SessionId>,
+) -> OpResult<MetaReply> {
     let dir = read::require_dir(r, ino)?;
+    if held_by_other(r, ino, session)? {
+        return Ok(MetaReply::DirRecalling { dir: ino });
+    }
     let limit = usize::try_from(limit)
         .unwrap_or(usize::MAX)
         .min(READDIR_MAX_ENTRIES);

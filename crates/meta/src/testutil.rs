@@ -212,6 +212,7 @@ impl Fs {
         match self.q(MetaQuery::Lookup {
             parent,
             name: name.as_bytes().to_vec(),
+            session: None,
         }) {
             Ok(MetaReply::Attr(a)) => Some(a.ino),
             Err(e) if e.code == ErrorCode::NotFound => None,

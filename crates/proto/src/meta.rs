@@ -460,6 +460,11 @@ pub enum MetaQuery {
         parent: Ino,
         /// Name.
         name: Vec<u8>,
+        /// The asking mount's session. A name not found in a directory delegated to
+        /// another session is answered `DirRecalling` (its holder may have created it and
+        /// not committed it yet: the asker recalls the directory and asks again); `None`
+        /// (tools) reads what is committed.
+        session: Option<SessionId>,
     },
     /// Attributes of an inode.
     GetAttr {
@@ -474,6 +479,9 @@ pub enum MetaQuery {
         after: Option<Vec<u8>>,
         /// Most entries to return (the node caps it).
         limit: u32,
+        /// The asking mount's session: a directory delegated to another session is
+        /// answered `DirRecalling` (see `Lookup`); `None` (tools) reads what is committed.
+        session: Option<SessionId>,
     },
     /// Target of a symbolic link.
     ReadLink {

@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::cache::ChunkData;
+use super::dir_delegation::CommitWait;
 use super::dirty::DirtyBuffer;
 use super::extents::{EXTENT_WINDOW_BYTES, ExtentWindow, assemble, chunks_needed, window_for};
 use super::inode::InodeEntry;
@@ -462,7 +463,7 @@ impl PlaitFs {
         if over(entry) {
             self.flush_whole_chunks(ino, entry).await?;
             if over(entry) {
-                self.flush_entry(ino, entry).await?;
+                self.flush_entry(ino, entry, CommitWait::Committed).await?;
             }
         }
         for _ in 0..TOTAL_FLUSH_ROUNDS_MAX {
@@ -472,7 +473,8 @@ impl PlaitFs {
             let Some((victim, victim_entry)) = self.fullest_inode() else {
                 break;
             };
-            self.flush_entry(victim, &victim_entry).await?;
+            self.flush_entry(victim, &victim_entry, CommitWait::Committed)
+                .await?;
         }
         Ok(())
     }
@@ -487,18 +489,28 @@ impl PlaitFs {
             .map(|(_, ino, entry)| (ino, entry))
     }
 
-    /// Commits the bytes buffered for `ino` (FUSE flush, on every close).
+    /// Commits the bytes buffered for `ino` (FUSE flush, on every close). A file this
+    /// mount created under a held directory may instead be queued for the directory's
+    /// next batch (close-behind, see `dir_delegation`); everything else is committed.
     pub async fn flush(&self, ino: Ino) -> Result<(), FsError> {
         match self.inode_entry(ino) {
-            Some(entry) => self.flush_entry(ino, &entry).await,
-            None => Ok(()),
+            Some(entry) => self.flush_entry(ino, &entry, CommitWait::Queued).await,
+            None => self.queued_close(ino).await,
         }
     }
 
-    /// Makes `ino`'s written bytes durable: once this returns, the chunks are stored and
-    /// the extents committed by a majority of the metadata group.
+    /// Commits the bytes buffered for `ino` and waits for it: once this returns, the
+    /// chunks are stored and the extents committed by a majority of the metadata group.
+    pub async fn flush_durable(&self, ino: Ino) -> Result<(), FsError> {
+        match self.inode_entry(ino) {
+            Some(entry) => self.flush_entry(ino, &entry, CommitWait::Committed).await,
+            None => self.settle_pending(ino).await,
+        }
+    }
+
+    /// Makes `ino`'s written bytes durable (fsync(2)), a file created here included.
     pub async fn fsync(&self, ino: Ino) -> Result<(), FsError> {
-        self.flush(ino).await
+        self.flush_durable(ino).await
     }
 
     /// Closes file handle `fh` of `ino`: commits buffered bytes, and reaps the inode if it
@@ -548,7 +560,7 @@ impl PlaitFs {
             .collect();
         let mut first_error = None;
         for (ino, entry) in entries {
-            if let Err(e) = self.flush_entry(ino, &entry).await {
+            if let Err(e) = self.flush_entry(ino, &entry, CommitWait::Committed).await {
                 warn!(ino, error = %e, "flush failed");
                 first_error.get_or_insert(e);
             }
@@ -565,9 +577,14 @@ impl PlaitFs {
     }
 
     /// Flushes `ino` under its flush lock, then forgets its state if it became idle.
-    async fn flush_entry(&self, ino: Ino, entry: &Arc<InodeEntry>) -> Result<(), FsError> {
+    pub(super) async fn flush_entry(
+        &self,
+        ino: Ino,
+        entry: &Arc<InodeEntry>,
+        wait: CommitWait,
+    ) -> Result<(), FsError> {
         let guard = entry.flush_lock.lock().await;
-        let result = self.flush_locked(ino, entry).await;
+        let result = self.flush_locked(ino, entry, wait).await;
         drop(guard);
         self.forget_if_idle(ino);
         result
@@ -582,7 +599,10 @@ impl PlaitFs {
     ) -> Result<(), FsError> {
         let guard = entry.flush_lock.lock().await;
         let result = match begin_flush(self, entry, FlushScope::WholeChunks) {
-            Some(snapshot) => self.flush_snapshot(ino, entry, snapshot).await,
+            Some(snapshot) => {
+                self.flush_snapshot(ino, entry, snapshot, CommitWait::Committed)
+                    .await
+            }
             None => Ok(()),
         };
         drop(guard);
@@ -595,11 +615,16 @@ impl PlaitFs {
     /// The dirty bytes move to `flushing` (new writes start a fresh buffer), are cut into
     /// chunks, uploaded, and committed as extents. Only then are they dropped; on failure
     /// they go back under the newer writes.
-    pub(super) async fn flush_locked(&self, ino: Ino, entry: &InodeEntry) -> Result<(), FsError> {
+    pub(super) async fn flush_locked(
+        &self,
+        ino: Ino,
+        entry: &InodeEntry,
+        wait: CommitWait,
+    ) -> Result<(), FsError> {
         match begin_flush(self, entry, FlushScope::All) {
-            Some(snapshot) => self.flush_snapshot(ino, entry, snapshot).await,
-            // A file created here with no bytes is still committed (its close must).
-            None => self.commit_created(ino, Vec::new()).await.map(|_| ()),
+            Some(snapshot) => self.flush_snapshot(ino, entry, snapshot, wait).await,
+            // A file created here with no bytes is still committed (or queued).
+            None => self.commit_created(ino, Vec::new(), wait).await.map(|_| ()),
         }
     }
 
@@ -609,8 +634,9 @@ impl PlaitFs {
         ino: Ino,
         entry: &InodeEntry,
         snapshot: Arc<DirtyBuffer>,
+        wait: CommitWait,
     ) -> Result<(), FsError> {
-        let result = self.upload_and_commit(ino, &snapshot).await;
+        let result = self.upload_and_commit(ino, &snapshot, wait).await;
         self.finish_flush(ino, entry, snapshot, &result);
         result
     }
@@ -652,6 +678,7 @@ impl PlaitFs {
         &self,
         ino: Ino,
         snapshot: &Arc<DirtyBuffer>,
+        wait: CommitWait,
     ) -> Result<(), FsError> {
         let session = self.write_session(ino)?;
         let stored = self.upload(snapshot).await?;
@@ -659,12 +686,16 @@ impl PlaitFs {
         if self.pending_dir(ino).is_some() {
             // Created here: its create and (if they fit one batch) its bytes in one commit.
             let fits = batches.len() == 1;
-            let writes = if fits {
-                batches.iter().map(|b| self.batch_write(ino, b)).collect()
+            let (writes, wait) = if fits {
+                (
+                    batches.iter().map(|b| self.batch_write(ino, b)).collect(),
+                    wait,
+                )
             } else {
-                Vec::new()
+                // The ordinary writes below need the file committed first.
+                (Vec::new(), CommitWait::Committed)
             };
-            if self.commit_created(ino, writes).await? && fits {
+            if self.commit_created(ino, writes, wait).await? && fits {
                 self.remember_inline(&stored);
                 return Ok(());
             }

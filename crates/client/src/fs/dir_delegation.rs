@@ -4,16 +4,20 @@
 //! A mount that creates files one after another in a directory asks for the directory.
 //! While it holds it, no other session adds or removes names there, so this mount knows
 //! the directory's names exactly: it answers lookups of names that do not exist itself,
-//! creates files locally (inode numbers from ranges the group handed out), and commits a
-//! file's create together with its bytes in one `DirBatch` when the file is first flushed
-//! (its close, at the latest). A small-file create then costs one commit instead of a
-//! parent GETATTR, a negative LOOKUP and two commits.
+//! creates files locally (inode numbers from ranges the group handed out), and commits
+//! files' creates together with their bytes in `DirBatch`es.
 //!
-//! What close guarantees is unchanged: a close returns after the file and its bytes are
-//! committed. A file created here and not yet flushed is invisible to other mounts (like
-//! a file created and not yet flushed on NFS with delegations); a recall (another
-//! session changing the directory's names), an idle timeout or an unmount commits such
-//! files before the directory is given back.
+//! Close-behind: a close queues the file for the directory's next batch and returns; one
+//! task per mount commits the queued files, many per commit, one batch at a time (the
+//! files closed while a batch commits make the next one). `fsync`, and anything that
+//! needs the group to know the file, waits for its commit. Other mounts see such a file
+//! as soon as they look: a lookup of an absent name or a listing of the directory by
+//! another session is answered `DirRecalling` by the group, the asker recalls the
+//! directory, and this mount commits everything before giving it back. What a close
+//! does not promise any more is durability against a crash of this mount (as on a
+//! local disk, and as GlusterFS's default `flush-behind`): files closed in the last
+//! batch interval are lost with it. `close_behind = false` (`--close-durable`) makes
+//! every close wait for its commit; so do closes while batches fail or fall behind.
 //!
 //! Invariant: an inode in `pending` is known only to this mount; any operation that
 //! would need the group to know it (open by another handle, setattr, links, locks,
@@ -24,9 +28,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use plait_proto::lock::SessionId;
-use plait_proto::meta::DirBatchOp;
+use plait_proto::meta::{DIR_BATCH_OPS_MAX, DirBatchOp};
 use plait_proto::{
-    Attr, ErrorCode, FileKind, Ino, MetaOp, MetaQuery, MetaReply, RpcError, Timestamp,
+    Attr, ErrorCode, FileKind, INLINE_BATCH_MAX_BYTES, Ino, MetaOp, MetaQuery, MetaReply, RpcError,
+    Timestamp,
 };
 use tracing::{debug, warn};
 
@@ -63,8 +68,35 @@ const DIR_RECALL_WAIT_MAX_MS: u64 = 30_000;
 /// recalls, in milliseconds.
 const DIR_POLL_MS: u64 = 1_000;
 
-/// Pause after a failed poll or give-back, in milliseconds.
+/// Pause after a failed poll, give-back or batch, in milliseconds.
 const DIR_RETRY_MS: u64 = 200;
+
+/// Files one batch commits at most (each is a create and usually one write).
+const BATCH_FILES_MAX: usize = 256;
+
+/// Files queued in one directory beyond which a close waits for its commit.
+const QUEUED_FILES_MAX: usize = 1024;
+
+/// Inline bytes queued in one directory beyond which a close waits for its commit.
+const QUEUED_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// A batch in flight this long makes closes wait for their commits (the group is slow
+/// or unreachable: closes must not run ahead of it), in milliseconds.
+const BATCH_STALL_MS: u64 = 500;
+
+/// Refused files remembered for the closes and syncs waiting on them.
+const FAILED_MAX: usize = 4096;
+
+/// Whether a flush of a file created under a held directory may return before the
+/// file's `DirBatch` is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CommitWait {
+    /// Return once committed (fsync, give-backs, anything the group must know).
+    Committed,
+    /// Return once queued for the next batch (close), unless the mount is configured
+    /// durable on close or batches fail or fall behind.
+    Queued,
+}
 
 /// The mount's directory delegations and what it needs to decide to ask for one.
 #[derive(Debug, Default)]
@@ -72,6 +104,10 @@ pub(super) struct DirDelegations {
     inner: std::sync::Mutex<Inner>,
     /// Woken when a directory is delegated (the recall poll then starts).
     added: tokio::sync::Notify,
+    /// Woken when a file is queued for a batch.
+    queued: tokio::sync::Notify,
+    /// Woken (all waiters) after every batch, committed or not.
+    committed: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +122,45 @@ struct Inner {
     refused: HashMap<Ino, Instant>,
     /// Directories a `DelegateDir` is in flight for.
     asking: HashSet<Ino>,
+    /// Files queued for a batch or in the batch being committed.
+    queued: HashSet<Ino>,
+    /// Directories with queued files, in the order they got them (fair batching).
+    ready: VecDeque<Ino>,
+    /// Files whose batch was refused for good → the refusal (for their waiters).
+    failed: HashMap<Ino, RpcError>,
+    /// When the batch being committed was sent.
+    in_flight_since: Option<Instant>,
+    /// The last batch failed for a reason that may pass: closes wait for their commits.
+    unhealthy: bool,
+}
+
+/// A file queued for a batch: its create and its bytes.
+#[derive(Debug)]
+struct Queued {
+    ino: Ino,
+    name: Vec<u8>,
+    ops: Vec<DirBatchOp>,
+    inline_bytes: usize,
+    /// Commit it alone (a batch with it was refused: find which file was at fault).
+    alone: bool,
+}
+
+/// What a flush does after queuing a file.
+enum AfterQueue {
+    /// Return: the batch task commits it.
+    Done,
+    /// Wait for its commit.
+    Wait,
+    /// Wait for the batch it is in, then commit the new bytes the ordinary way.
+    WaitThenOrdinary,
+}
+
+/// One batch taken for commit.
+#[derive(Debug)]
+struct Batch {
+    dir: Ino,
+    session: SessionId,
+    files: Vec<Queued>,
 }
 
 /// One held directory.
@@ -95,6 +170,10 @@ struct HeldDir {
     names: HashSet<Vec<u8>>,
     /// Names created here and not yet committed → (inode, attributes at create).
     created: HashMap<Vec<u8>, Attr>,
+    /// Files closed (or flushed) and waiting for a batch, oldest first.
+    queue: VecDeque<Queued>,
+    /// Inline bytes in `queue`.
+    queued_bytes: usize,
     /// Unused inode numbers, `[next, end)` ranges.
     free: VecDeque<(Ino, Ino)>,
     /// The directory's attributes (for setgid and GETATTR) and when they were fetched.
@@ -387,6 +466,8 @@ impl PlaitFs {
             HeldDir {
                 names,
                 created: HashMap::new(),
+                queue: VecDeque::new(),
+                queued_bytes: 0,
                 free: VecDeque::from([range]),
                 attr,
                 attr_at: now,
@@ -407,78 +488,133 @@ impl PlaitFs {
             .map(|entries| entries.into_iter().map(|e| e.name).collect()))
     }
 
-    /// Commits a file created here, with `writes` (its buffered bytes, possibly none), in
-    /// one `DirBatch`. `Ok(false)`: the file is not pending here (commit the ordinary
-    /// way). A refusal that means the delegation is lost (session expired) drops the
-    /// file: it can never be committed under its number.
+    /// Queues a file created here, with `writes` (its buffered bytes, possibly none), for
+    /// its directory's next `DirBatch`, and waits for the commit unless `wait` and the
+    /// state of the batches allow returning at once. `Ok(false)`: the file is not pending
+    /// here, or was queued before and is now committed (commit `writes` the ordinary
+    /// way).
     pub(super) async fn commit_created(
         &self,
         ino: Ino,
         writes: Vec<DirBatchOp>,
+        wait: CommitWait,
     ) -> Result<bool, FsError> {
-        let (dir, name, attr, session) = {
-            let inner = lock(&self.dir_delegations.inner);
+        let next = {
+            let mut guard = lock(&self.dir_delegations.inner);
+            let inner = &mut *guard;
             let Some((dir, name)) = inner.pending.get(&ino).cloned() else {
                 return Ok(false);
             };
-            let Some(held) = inner.dirs.get(&dir) else {
+            let Some(held) = inner.dirs.get_mut(&dir) else {
                 return Ok(false);
             };
-            let Some(attr) = held.created.get(&name).cloned() else {
+            let Some(attr) = held.created.get_mut(&name) else {
                 return Ok(false);
             };
-            (dir, name, attr, held.session)
+            attr.size = attr.size.max(written_end(&writes));
+            let inline_bytes = inline_len(&writes);
+            if inner.queued.contains(&ino) {
+                match held.queue.iter_mut().find(|q| q.ino == ino) {
+                    // Still waiting for its batch: the new bytes go with it.
+                    Some(q) => {
+                        q.ops.extend(writes);
+                        q.inline_bytes += inline_bytes;
+                        held.queued_bytes += inline_bytes;
+                        self.close_may_return(wait, inner, dir)
+                    }
+                    // Its batch is being committed: these bytes go after it.
+                    None if writes.is_empty() && wait == CommitWait::Queued => AfterQueue::Done,
+                    None => AfterQueue::WaitThenOrdinary,
+                }
+            } else {
+                let mut ops = Vec::with_capacity(1 + writes.len());
+                ops.push(DirBatchOp::CreateFile {
+                    name: name.clone(),
+                    ino,
+                    perm: attr.perm,
+                    uid: attr.uid,
+                    gid: attr.gid,
+                });
+                ops.extend(writes);
+                held.queue.push_back(Queued {
+                    ino,
+                    name,
+                    ops,
+                    inline_bytes,
+                    alone: false,
+                });
+                held.queued_bytes += inline_bytes;
+                inner.queued.insert(ino);
+                if !inner.ready.contains(&dir) {
+                    inner.ready.push_back(dir);
+                }
+                self.dir_delegations.queued.notify_one();
+                self.close_may_return(wait, inner, dir)
+            }
         };
-        let mut ops = Vec::with_capacity(1 + writes.len());
-        ops.push(DirBatchOp::CreateFile {
-            name: name.clone(),
-            ino,
-            perm: attr.perm,
-            uid: attr.uid,
-            gid: attr.gid,
+        match next {
+            AfterQueue::Done => Ok(true),
+            AfterQueue::Wait => self.wait_committed(ino).await.map(|()| true),
+            AfterQueue::WaitThenOrdinary => self.wait_committed(ino).await.map(|()| false),
+        }
+    }
+
+    /// Whether a flush that queued a file in `dir` may return before its commit.
+    fn close_may_return(&self, wait: CommitWait, inner: &Inner, dir: Ino) -> AfterQueue {
+        let behind = inner
+            .in_flight_since
+            .is_some_and(|t| t.elapsed() >= Duration::from_millis(BATCH_STALL_MS));
+        let full = inner.dirs.get(&dir).is_none_or(|held| {
+            held.queue.len() > QUEUED_FILES_MAX || held.queued_bytes > QUEUED_BYTES_MAX
         });
-        ops.extend(writes);
-        let generation = self.statahead.begin_change();
-        let result = self
-            .client
-            .meta(MetaOp::DirBatch { dir, session, ops })
-            .await;
-        let lost = matches!(&result, Err(e) if matches!(e.code, ErrorCode::SessionExpired | ErrorCode::Stale));
-        if result.is_ok() || lost {
-            let mut inner = lock(&self.dir_delegations.inner);
-            inner.pending.remove(&ino);
-            if let Some(d) = inner.dirs.get_mut(&dir) {
-                d.created.remove(&name);
-                if result.is_ok() {
-                    d.names.insert(name.clone());
-                } else {
-                    d.leaving = true;
+        if wait == CommitWait::Queued
+            && self.config.close_behind
+            && !inner.unhealthy
+            && !behind
+            && !full
+        {
+            AfterQueue::Done
+        } else {
+            AfterQueue::Wait
+        }
+    }
+    /// Waits until `ino` is no longer queued: committed, or refused (its error).
+    async fn wait_committed(&self, ino: Ino) -> Result<(), FsError> {
+        // Bounded like any operation (the file stays queued after).
+        let deadline = Instant::now() + self.client.op_timeout();
+        loop {
+            let notified = self.dir_delegations.committed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut inner = lock(&self.dir_delegations.inner);
+                if !inner.queued.contains(&ino) {
+                    return match inner.failed.remove(&ino) {
+                        Some(e) => Err(e.into()),
+                        None => Ok(()),
+                    };
                 }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, notified).await.is_err() {
+                return Err(FsError::code(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "file {ino} was not committed within {} ms; it stays queued",
+                        self.client.op_timeout().as_millis()
+                    ),
+                ));
             }
         }
-        match result {
-            Ok(MetaReply::Batch(replies)) => {
-                if let Some(MetaReply::Attr(a)) = replies.last() {
-                    self.statahead.updated(generation, a);
-                }
-                Ok(true)
-            }
-            Ok(other) => {
-                self.statahead.invalidate();
-                Err(unexpected("DirBatch", &other))
-            }
-            Err(e) => {
-                self.statahead.invalidate();
-                if lost {
-                    warn!(ino, dir, error = %e, "a file created under a lost directory delegation is dropped");
-                    return Err(FsError::code(
-                        ErrorCode::SessionExpired,
-                        format!("file {ino} was created under a delegation this mount lost: {e}"),
-                    ));
-                }
-                Err(e.into())
-            }
+    }
+
+    /// A close of a file with no state left on this mount: nothing to commit, unless it
+    /// is a file created here that was never flushed (queue it).
+    pub(super) async fn queued_close(&self, ino: Ino) -> Result<(), FsError> {
+        if self.pending_dir(ino).is_none() {
+            return Ok(());
         }
+        self.flush_pending(ino, CommitWait::Queued).await
     }
 
     /// Commits `ino` if this mount created it and has not committed it yet (with its
@@ -487,30 +623,35 @@ impl PlaitFs {
         if self.pending_dir(ino).is_none() {
             return Ok(());
         }
-        self.flush_pending(ino).await
+        self.flush_pending(ino, CommitWait::Committed).await
     }
 
-    /// Flushes a pending file through its flush path (which commits its create).
-    async fn flush_pending(&self, ino: Ino) -> Result<(), FsError> {
+    /// Flushes a pending file through its flush path (which queues or commits it).
+    async fn flush_pending(&self, ino: Ino, wait: CommitWait) -> Result<(), FsError> {
         let entry = self.inode_entry_or_new(ino);
-        let guard = entry.flush_lock.lock().await;
-        let result = self.flush_locked(ino, &entry).await;
-        drop(guard);
-        self.forget_if_idle(ino);
-        result
+        self.flush_entry(ino, &entry, wait).await
     }
 
     /// Commits every file created under `dir` that this mount has not committed yet (its
-    /// own listing of the directory must show them).
+    /// own listing of the directory must show them, and a give-back must leave none):
+    /// queues them all, then waits, so they share batches.
     pub(super) async fn settle_dir(&self, dir: Ino) -> Result<(), FsError> {
         let pending: Vec<Ino> = match lock(&self.dir_delegations.inner).dirs.get(&dir) {
             Some(held) => held.created.values().map(|a| a.ino).collect(),
             None => return Ok(()),
         };
-        for ino in pending {
-            self.flush_pending(ino).await?;
+        let mut first_error = Ok(());
+        for ino in &pending {
+            if let Err(e) = self.flush_pending(*ino, CommitWait::Queued).await {
+                first_error = first_error.and(Err(e));
+            }
         }
-        Ok(())
+        for ino in pending {
+            if let Err(e) = self.wait_committed(ino).await {
+                first_error = first_error.and(Err(e));
+            }
+        }
+        first_error
     }
 
     /// Commits every file created under `dir` and gives the directory back.
@@ -529,12 +670,10 @@ impl PlaitFs {
                 None => Vec::new(),
             }
         };
-        for ino in pending {
-            if let Err(e) = self.flush_pending(ino).await {
-                // A file lost with the delegation is not retried; anything else is.
-                if self.pending_dir(ino).is_some() {
-                    return Err(e);
-                }
+        if let Err(e) = self.settle_dir(dir).await {
+            // A file lost with the delegation is not retried; anything else is.
+            if pending.iter().any(|ino| self.pending_dir(*ino).is_some()) {
+                return Err(e);
             }
         }
         let session = match lock(&self.dir_delegations.inner).dirs.get(&dir) {
@@ -650,6 +789,192 @@ impl PlaitFs {
         }
     }
 
+    /// Commits the files closes queued, one batch at a time, for the life of the mount.
+    pub async fn serve_dir_batches(self: Arc<Self>) {
+        loop {
+            let queued = self.dir_delegations.queued.notified();
+            tokio::pin!(queued);
+            queued.as_mut().enable();
+            match self.take_batch() {
+                Some(batch) => self.commit_batch(batch).await,
+                None => {
+                    let _ = tokio::time::timeout(Duration::from_millis(DIR_IDLE_MS), queued).await;
+                }
+            }
+        }
+    }
+
+    /// The next batch: the oldest queued files of the directory first in line, up to
+    /// [`BATCH_FILES_MAX`] files, [`DIR_BATCH_OPS_MAX`] ops and
+    /// [`INLINE_BATCH_MAX_BYTES`] of inline bytes (a file refused in a batch goes alone).
+    fn take_batch(&self) -> Option<Batch> {
+        let mut guard = lock(&self.dir_delegations.inner);
+        let inner = &mut *guard;
+        while let Some(dir) = inner.ready.pop_front() {
+            let Some(held) = inner.dirs.get_mut(&dir) else {
+                continue;
+            };
+            let mut files: Vec<Queued> = Vec::new();
+            let (mut ops, mut bytes) = (0usize, 0usize);
+            while let Some(next) = held.queue.front() {
+                let fits = files.len() < BATCH_FILES_MAX
+                    && ops + next.ops.len() <= DIR_BATCH_OPS_MAX
+                    && bytes + next.inline_bytes <= INLINE_BATCH_MAX_BYTES
+                    && !next.alone;
+                if !files.is_empty() && !fits {
+                    break;
+                }
+                let Some(file) = held.queue.pop_front() else {
+                    break;
+                };
+                ops += file.ops.len();
+                bytes += file.inline_bytes;
+                held.queued_bytes = held.queued_bytes.saturating_sub(file.inline_bytes);
+                let alone = file.alone;
+                files.push(file);
+                if alone {
+                    break;
+                }
+            }
+            if !held.queue.is_empty() {
+                inner.ready.push_back(dir);
+            }
+            if files.is_empty() {
+                continue;
+            }
+            inner.in_flight_since = Some(Instant::now());
+            return Some(Batch {
+                dir,
+                session: held.session,
+                files,
+            });
+        }
+        None
+    }
+
+    /// Commits one batch and settles its files: committed, queued again (a refusal that
+    /// may pass, or to find the file at fault), or dropped with their error.
+    async fn commit_batch(&self, batch: Batch) {
+        let Batch {
+            dir,
+            session,
+            files,
+        } = batch;
+        let ops: Vec<DirBatchOp> = files.iter().flat_map(|f| f.ops.iter().cloned()).collect();
+        let generation = self.statahead.begin_change();
+        let result = self
+            .client
+            .meta(MetaOp::DirBatch { dir, session, ops })
+            .await;
+        let result = match result {
+            Ok(MetaReply::Batch(replies)) => Ok(replies),
+            Ok(other) => Err(RpcError::new(
+                ErrorCode::Protocol,
+                format!("unexpected reply to DirBatch: {other:?}"),
+            )),
+            Err(e) => Err(e),
+        };
+        let mut retry_after = false;
+        {
+            let mut guard = lock(&self.dir_delegations.inner);
+            let inner = &mut *guard;
+            inner.in_flight_since = None;
+            match &result {
+                Ok(_) => {
+                    inner.unhealthy = false;
+                    for f in &files {
+                        inner.pending.remove(&f.ino);
+                        inner.queued.remove(&f.ino);
+                        if let Some(held) = inner.dirs.get_mut(&dir) {
+                            held.created.remove(&f.name);
+                            held.names.insert(f.name.clone());
+                        }
+                    }
+                }
+                Err(e) if may_pass(e.code) => {
+                    // Nothing is lost: the same batch goes again (it is idempotent).
+                    inner.unhealthy = true;
+                    retry_after = true;
+                    requeue(inner, dir, files, false);
+                }
+                Err(e) if files.len() > 1 && !lost(e.code) => {
+                    // One file may be at fault: each goes alone.
+                    requeue(inner, dir, files, true);
+                }
+                Err(e) => {
+                    warn!(dir, files = files.len(), error = %e, "files created under a directory delegation could not be committed and are dropped");
+                    if lost(e.code)
+                        && let Some(held) = inner.dirs.get_mut(&dir)
+                    {
+                        held.leaving = true;
+                    }
+                    for f in &files {
+                        inner.pending.remove(&f.ino);
+                        inner.queued.remove(&f.ino);
+                        if let Some(held) = inner.dirs.get_mut(&dir) {
+                            held.created.remove(&f.name);
+                        }
+                        if inner.failed.len() >= FAILED_MAX
+                            && let Some(old) = inner.failed.keys().next().copied()
+                        {
+                            inner.failed.remove(&old);
+                        }
+                        inner.failed.insert(f.ino, e.clone());
+                    }
+                }
+            }
+        }
+        match &result {
+            Ok(replies) => {
+                for reply in replies {
+                    if let MetaReply::Attr(a) = reply {
+                        self.statahead.updated(generation, a);
+                    }
+                }
+            }
+            Err(e) => {
+                self.statahead.invalidate();
+                debug!(dir, error = %e, "directory batch failed");
+            }
+        }
+        self.dir_delegations.committed.notify_waiters();
+        if retry_after {
+            tokio::time::sleep(Duration::from_millis(DIR_RETRY_MS)).await;
+        }
+    }
+
+    /// Asks the group a question about a directory's names (`Lookup`, `ReadDir` carrying
+    /// this mount's session); if another mount holds the directory, recalls it and asks
+    /// again once it is given back (at most [`DIR_RECALL_WAIT_MAX_MS`], then EAGAIN).
+    pub(super) async fn query_names(&self, query: MetaQuery) -> Result<MetaReply, RpcError> {
+        let deadline = Instant::now() + Duration::from_millis(DIR_RECALL_WAIT_MAX_MS);
+        loop {
+            let dir = match self.client.query(query.clone()).await? {
+                MetaReply::DirRecalling { dir } => dir,
+                reply => return Ok(reply),
+            };
+            debug!(
+                dir,
+                "recalling a directory another mount holds to read its names"
+            );
+            match self.client.meta(MetaOp::RecallDir { dir }).await? {
+                MetaReply::DirRecalling { .. } | MetaReply::Empty => {}
+                other => {
+                    return Err(RpcError::new(
+                        ErrorCode::Protocol,
+                        format!("unexpected reply to RecallDir: {other:?}"),
+                    ));
+                }
+            }
+            self.wait_dir_returned(dir, deadline).await?;
+        }
+    }
+
+    /// This mount's session, for questions about names (`None` before it has one).
+    pub(super) fn asker(&self) -> Option<SessionId> {
+        self.session().ok().map(|s| s.id())
+    }
+
     /// Gives back the directories the group recalls and those idle for
     /// [`DIR_IDLE_MS`]; runs for the life of the mount.
     pub async fn serve_dir_recalls(self: Arc<Self>) {
@@ -705,4 +1030,70 @@ impl PlaitFs {
             }
         }
     }
+}
+
+/// End of the bytes `writes` put in a file (0 if none).
+fn written_end(writes: &[DirBatchOp]) -> u64 {
+    writes
+        .iter()
+        .filter_map(|op| match op {
+            DirBatchOp::Write { extents, .. } => extents
+                .iter()
+                .map(|e| e.file_offset.saturating_add(e.len))
+                .max(),
+            DirBatchOp::CreateFile { .. } => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Inline bytes `writes` carry.
+fn inline_len(writes: &[DirBatchOp]) -> usize {
+    writes
+        .iter()
+        .map(|op| match op {
+            DirBatchOp::Write { inline, .. } => inline.iter().map(Vec::len).sum(),
+            DirBatchOp::CreateFile { .. } => 0,
+        })
+        .sum()
+}
+
+/// A refusal that says the delegation is gone (the session expired): its files can never
+/// be committed under their numbers.
+fn lost(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::SessionExpired | ErrorCode::Stale)
+}
+
+/// A failure that may pass (no leader, a timeout, a node's I/O error): the batch is sent
+/// again (`DirBatch` is idempotent).
+fn may_pass(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::Io | ErrorCode::Interrupted
+    )
+}
+
+/// Puts `files` back at the head of `dir`'s queue, in order (`alone`: each in a batch of
+/// its own next time), and the directory first in line.
+fn requeue(inner: &mut Inner, dir: Ino, files: Vec<Queued>, alone: bool) {
+    let Some(held) = inner.dirs.get_mut(&dir) else {
+        // Unreachable (a directory with uncommitted files is kept), but never reported
+        // as committed.
+        for f in &files {
+            inner.pending.remove(&f.ino);
+            inner.queued.remove(&f.ino);
+            inner.failed.insert(
+                f.ino,
+                RpcError::new(ErrorCode::Io, "its directory delegation vanished"),
+            );
+        }
+        return;
+    };
+    for mut f in files.into_iter().rev() {
+        f.alone |= alone;
+        held.queued_bytes += f.inline_bytes;
+        held.queue.push_front(f);
+    }
+    inner.ready.retain(|d| *d != dir);
+    inner.ready.push_front(dir);
 }

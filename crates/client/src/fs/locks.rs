@@ -585,7 +585,7 @@ impl PlaitFs {
             return;
         }
         // The next holder must read what was written under the delegation.
-        if let Err(e) = self.flush(ino).await {
+        if let Err(e) = self.flush_durable(ino).await {
             warn!(ino, error = %e, "committing buffered bytes before giving a lock delegation back failed");
         }
         let op = MetaOp::ReturnDelegation {
@@ -864,7 +864,7 @@ impl PlaitFs {
                 return Ok(());
             }
         }
-        self.flush(ino).await?;
+        self.flush_durable(ino).await?;
         let op = MetaOp::ReleaseLockOwner {
             ino,
             session,

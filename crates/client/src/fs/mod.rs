@@ -50,6 +50,7 @@ pub use names::{OpenIntent, check_name, check_symlink_target, check_xattr_name, 
 
 use crate::{ClusterClient, Replication};
 use chunk_io::ChunkIo;
+use dir_delegation::CommitWait;
 use inode::InodeEntry;
 use statahead::{Answer, Statahead};
 
@@ -81,6 +82,10 @@ pub struct FsConfig {
     /// Ask for directories in which this mount creates files in a run, and create them
     /// locally with one commit per file while holding them (see `dir_delegation`).
     pub delegate_dirs: bool,
+    /// Let a close of a file created under a held directory return once the file is
+    /// queued for the directory's next batch commit (many files per commit). `false`:
+    /// every close returns after its commit (`plait mount --close-durable`).
+    pub close_behind: bool,
 }
 
 impl Default for FsConfig {
@@ -93,6 +98,7 @@ impl Default for FsConfig {
             dirty_max_bytes: 64 * MIB,
             dirty_total_max_bytes: 256 * MIB,
             delegate_dirs: true,
+            close_behind: true,
         }
     }
 }
@@ -397,10 +403,10 @@ impl PlaitFs {
     /// `name` in `parent` as the metadata group has it now (no snapshot).
     async fn lookup_fresh(&self, parent: Ino, name: &[u8]) -> Result<Attr, FsError> {
         let reply = self
-            .client
-            .query(MetaQuery::Lookup {
+            .query_names(MetaQuery::Lookup {
                 parent,
                 name: name.to_vec(),
+                session: self.asker(),
             })
             .await?;
         Ok(self.with_dirty_size(expect_attr("Lookup", reply)?))
@@ -434,11 +440,11 @@ impl PlaitFs {
         let mut after: Option<Vec<u8>> = None;
         loop {
             let reply = self
-                .client
-                .query(MetaQuery::ReadDir {
+                .query_names(MetaQuery::ReadDir {
                     ino: dir,
                     after: after.take(),
                     limit: READDIR_PAGE_ENTRIES,
+                    session: self.asker(),
                 })
                 .await?;
             let MetaReply::Entries { entries: page, .. } = reply else {
@@ -467,6 +473,8 @@ impl PlaitFs {
                 ino: dir,
                 after: None,
                 limit: 1,
+                // Only the parent is wanted: no recall of a delegated directory.
+                session: None,
             })
             .await?;
         match reply {
@@ -680,11 +688,11 @@ impl PlaitFs {
         let mut parent;
         loop {
             let reply = self
-                .client
-                .query(MetaQuery::ReadDir {
+                .query_names(MetaQuery::ReadDir {
                     ino,
                     after: after.take(),
                     limit: READDIR_PAGE_ENTRIES,
+                    session: self.asker(),
                 })
                 .await?;
             let MetaReply::Entries {
@@ -730,7 +738,7 @@ impl PlaitFs {
         if let Some(size) = resize {
             self.trim_dirty(&entry, size);
         }
-        let result = match self.flush_locked(ino, &entry).await {
+        let result = match self.flush_locked(ino, &entry, CommitWait::Committed).await {
             Ok(()) => self.setattr_remote(ino, set).await,
             Err(e) => Err(e),
         };

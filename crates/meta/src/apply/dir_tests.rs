@@ -426,3 +426,65 @@ mod random {
         }
     }
 }
+
+#[test]
+fn other_sessions_questions_about_absent_names_and_listings_wait_for_the_holder() {
+    let (mut fs, root) = Fs::with_volume();
+    let dir = fs.mkdir(root, "d");
+    let sub = fs.mkdir(dir, "sub");
+    let holder = session(&mut fs, 10_000);
+    let other = session(&mut fs, 10_000);
+    let (first, _) = delegate(&mut fs, dir, holder).expect("granted");
+    let lookup = |session, name: &str| MetaQuery::Lookup {
+        parent: dir,
+        name: name.as_bytes().to_vec(),
+        session,
+    };
+    let list = |session| MetaQuery::ReadDir {
+        ino: dir,
+        after: None,
+        limit: 10,
+        session,
+    };
+    // A committed name is answered to anyone: path walks through a held directory cost
+    // nothing.
+    assert!(matches!(fs.q(lookup(Some(other), "sub")), Ok(MetaReply::Attr(a)) if a.ino == sub));
+    // An absent name may be the holder's uncommitted file: another session must recall.
+    assert_eq!(
+        fs.q(lookup(Some(other), "new")),
+        Ok(MetaReply::DirRecalling { dir })
+    );
+    assert_eq!(fs.q(list(Some(other))), Ok(MetaReply::DirRecalling { dir }));
+    // The holder and tools (no session) read what is committed.
+    assert_eq!(code(fs.q(lookup(Some(holder), "new"))), ErrorCode::NotFound);
+    assert_eq!(code(fs.q(lookup(None, "new"))), ErrorCode::NotFound);
+    assert!(
+        matches!(fs.q(list(None)), Ok(MetaReply::Entries { entries, .. }) if entries.len() == 1)
+    );
+    // Queries change nothing: the asker recalls with an op, the holder commits and gives
+    // the directory back, and the question is answered.
+    assert!(recalls(&fs, holder).is_empty());
+    assert_eq!(
+        fs.exec(MetaOp::RecallDir { dir }),
+        Ok(MetaReply::DirRecalling { dir })
+    );
+    assert_eq!(recalls(&fs, holder), vec![dir]);
+    batch(
+        &mut fs,
+        dir,
+        holder,
+        vec![create_op("new", first), inline_write(first, b"x")],
+    )
+    .expect("batch");
+    fs.exec(MetaOp::ReturnDirDelegation {
+        dir,
+        session: holder,
+    })
+    .expect("returned");
+    assert!(
+        matches!(fs.q(lookup(Some(other), "new")), Ok(MetaReply::Attr(a)) if a.ino == first && a.size == 1)
+    );
+    assert!(
+        matches!(fs.q(list(Some(other))), Ok(MetaReply::Entries { entries, .. }) if entries.len() == 2)
+    );
+}

@@ -63,6 +63,7 @@ fn create_volume_makes_a_root_directory() {
         ino: v.root,
         after: None,
         limit: 10,
+        session: None,
     }) else {
         panic!()
     };
@@ -435,6 +436,7 @@ fn rename_dir_across_directories_moves_links_and_parent() {
         ino: sub,
         after: None,
         limit: 1,
+        session: None,
     }) else {
         panic!()
     };
@@ -683,6 +685,7 @@ fn exchange_file_and_dir_across_directories() {
         ino: sub,
         after: None,
         limit: 1,
+        session: None,
     }) else {
         panic!()
     };
@@ -1308,6 +1311,7 @@ fn corrupt_records_are_store_errors_not_panics() {
         &MetaQuery::Lookup {
             parent: root,
             name: b"f".to_vec(),
+            session: None,
         },
     );
     assert!(
@@ -1376,6 +1380,7 @@ fn every_value_of_a_store_of_noise_fails_cleanly() {
             ino: d,
             after: None,
             limit: 10,
+            session: None,
         },
         MetaQuery::Extents {
             ino: f,

@@ -11,6 +11,7 @@ fn read_dir(fs: &Fs, ino: u64, after: Option<&str>, limit: u32) -> (u64, Vec<Str
         ino,
         after: after.map(|a| a.as_bytes().to_vec()),
         limit,
+        session: None,
     }) {
         Ok(MetaReply::Entries { parent, entries }) => (
             parent,
@@ -44,6 +45,7 @@ fn lookup_finds_names_and_refuses_the_rest() {
     let q = |parent, name: &str| MetaQuery::Lookup {
         parent,
         name: name.as_bytes().to_vec(),
+        session: None,
     };
     assert_eq!(code(fs.q(q(root, "g"))), ErrorCode::NotFound);
     assert_eq!(code(fs.q(q(f, "g"))), ErrorCode::NotDir);
@@ -85,6 +87,7 @@ fn read_dir_pages_in_name_order() {
         ino,
         after: None,
         limit: 1,
+        session: None,
     };
     assert_eq!(code(fs.q(rd(f))), ErrorCode::NotDir);
     assert_eq!(code(fs.q(rd(999))), ErrorCode::NotFound);
