@@ -65,6 +65,9 @@ pub enum PlaygroundCmd {
         /// metadata calls then reach the rest of the cluster only through what K tells it.
         #[arg(long)]
         via_node: Vec<u32>,
+        /// Every close waits for its commit (see `plait mount --close-durable`).
+        #[arg(long)]
+        close_durable: bool,
     },
     /// SIGSTOP node K: a hung node that keeps its sockets open.
     PauseNode {
@@ -379,7 +382,7 @@ async fn up(dir: &Path, args: UpArgs<'_>) -> Result<()> {
         println!("  node {} at {} (pid {})", n.id, n.addr, n.pid.unwrap_or(0));
     }
     if let Some((mnt, lease_ms)) = mountpoint {
-        add_mount(dir, &mut state, mnt, lease_ms, &[])?;
+        add_mount(dir, &mut state, mnt, lease_ms, &[], false)?;
     }
     println!(
         "admin CLI: export PLAIT_NODES={} PLAIT_TLS_DIR={}",
@@ -426,8 +429,15 @@ async fn wait_member(
 }
 
 /// Mounts volume `default` at `mnt` with a lock lease of `lease_ms`, through the nodes
-/// `via` (1-based; empty: all nodes).
-fn add_mount(dir: &Path, state: &mut State, mnt: &Path, lease_ms: u64, via: &[u32]) -> Result<()> {
+/// `via` (1-based; empty: all nodes), closes durable if `close_durable`.
+fn add_mount(
+    dir: &Path,
+    state: &mut State,
+    mnt: &Path,
+    lease_ms: u64,
+    via: &[u32],
+    close_durable: bool,
+) -> Result<()> {
     std::fs::create_dir_all(mnt).with_context(|| format!("creating {}", mnt.display()))?;
     let mnt = std::fs::canonicalize(mnt)?;
     if mount::is_plait_mount(&mnt) {
@@ -457,7 +467,7 @@ fn add_mount(dir: &Path, state: &mut State, mnt: &Path, lease_ms: u64, via: &[u3
         threads: 2,
         lease_ms,
         no_dir_delegation: false,
-        close_durable: false,
+        close_durable,
     };
     let mut child = mount::spawn_detached(&args, &log)?;
     mount::wait_mounted(&mnt, &mut child, &log)?;
@@ -611,9 +621,17 @@ pub async fn run(cmd: PlaygroundCmd) -> Result<()> {
             mountpoint,
             lease_ms,
             via_node,
+            close_durable,
         } => {
             let mut state = load(&dir)?;
-            add_mount(&dir, &mut state, &mountpoint, lease_ms, &via_node)
+            add_mount(
+                &dir,
+                &mut state,
+                &mountpoint,
+                lease_ms,
+                &via_node,
+                close_durable,
+            )
         }
         PlaygroundCmd::StopNode { dir, k } => {
             let mut state = load(&dir)?;
