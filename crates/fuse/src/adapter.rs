@@ -287,9 +287,11 @@ impl Filesystem for PlaitFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (parent, name) = (self.vol(parent), name.as_bytes().to_vec());
-        // A name in a fresh directory snapshot is answered here, without a task hop.
-        if let Some(attr) = self.ctx.fs.lookup_local(parent, &name) {
-            return self.ctx.reply_entry(reply, &attr);
+        // A held directory or a fresh directory snapshot answers here, without a task hop.
+        match self.ctx.fs.lookup_local(parent, &name) {
+            Some(Ok(attr)) => return self.ctx.reply_entry(reply, &attr),
+            Some(Err(e)) => return reply.error(errno("lookup", &e)),
+            None => {}
         }
         self.spawn(move |ctx| async move {
             match ctx.fs.lookup(parent, &name).await {
@@ -301,6 +303,9 @@ impl Filesystem for PlaitFuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ino = self.vol(ino);
+        if let Some(attr) = self.ctx.fs.getattr_local(ino) {
+            return self.ctx.reply_attr(reply, &attr);
+        }
         self.spawn(move |ctx| async move {
             match ctx.fs.getattr(ino).await {
                 Ok(attr) => ctx.reply_attr(reply, &attr),
@@ -514,8 +519,15 @@ impl Filesystem for PlaitFuse {
         reply: ReplyWrite,
     ) {
         let ino = self.vol(ino);
-        let data = data.to_vec();
         let append = flags.0 & libc::O_APPEND != 0;
+        if !append {
+            match self.ctx.fs.write_local(ino, fh.0, offset, data) {
+                Some(Ok(written)) => return reply.written(written),
+                Some(Err(e)) => return reply.error(errno("write", &e)),
+                None => {}
+            }
+        }
+        let data = data.to_vec();
         self.spawn(move |ctx| async move {
             let result = if append {
                 ctx.fs.write_append(ino, fh.0, &data).await
@@ -539,7 +551,10 @@ impl Filesystem for PlaitFuse {
     ) {
         let ino = self.vol(ino);
         // Nothing buffered, no lock of this owner: answered here, without a task hop.
-        if self.ctx.fs.flush_is_noop(ino, lock_owner.0) {
+        // A file created here: queued for its directory's next batch, also here.
+        if self.ctx.fs.flush_is_noop(ino, lock_owner.0)
+            || self.ctx.fs.flush_local(ino, lock_owner.0)
+        {
             return reply.ok();
         }
         self.spawn(move |ctx| async move {
@@ -563,6 +578,13 @@ impl Filesystem for PlaitFuse {
         reply: ReplyEmpty,
     ) {
         let ino = self.vol(ino);
+        if self
+            .ctx
+            .fs
+            .release_local(ino, fh.0, lock_owner.map(|o| o.0))
+        {
+            return reply.ok();
+        }
         self.spawn(move |ctx| async move {
             // The last close of a flock'ed file drops its flock lock.
             if let Some(owner) = lock_owner
@@ -787,6 +809,9 @@ impl Filesystem for PlaitFuse {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let (ino, name) = (self.vol(ino), name.as_bytes().to_vec());
+        if let Some(e) = self.ctx.fs.getxattr_local(ino, &name) {
+            return reply.error(errno("getxattr", &e));
+        }
         self.spawn(move |ctx| async move {
             match ctx.fs.getxattr(ino, &name).await {
                 Ok(value) => reply_xattr(reply, size, &value),
@@ -833,6 +858,24 @@ impl Filesystem for PlaitFuse {
         let (parent, name) = (self.vol(parent), name.as_bytes().to_vec());
         let (perm, uid, gid) = (new_perm(mode, umask), req.uid(), req.gid());
         let intent = OpenIntent::from_flags(flags);
+        // In a directory this mount holds: created here, without a task hop.
+        match self
+            .ctx
+            .fs
+            .create_local(parent, &name, perm, uid, gid, intent)
+        {
+            Some(Ok((attr, fh))) => {
+                return reply.created(
+                    &self.ctx.entry_ttl,
+                    &self.ctx.attr(&attr),
+                    GENERATION,
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                );
+            }
+            Some(Err(e)) => return reply.error(errno("create", &e)),
+            None => {}
+        }
         self.spawn(move |ctx| async move {
             match ctx.fs.create(parent, &name, perm, uid, gid, intent).await {
                 Ok((attr, fh)) => reply.created(

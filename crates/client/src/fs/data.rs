@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::cache::ChunkData;
 use super::dir_delegation::CommitWait;
-use super::dirty::DirtyBuffer;
+use super::dirty::{DirtyBuffer, Piece};
 use super::extents::{EXTENT_WINDOW_BYTES, ExtentWindow, assemble, chunks_needed, window_for};
 use super::inode::InodeEntry;
 use super::names::{OpenIntent, check_name, may_open};
@@ -388,12 +388,26 @@ impl PlaitFs {
     /// If the file's buffer or the mount's total would pass its bound, buffered bytes are
     /// flushed first; if that flush fails, the write fails (and buffers nothing).
     pub async fn write(&self, ino: Ino, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let written = self.check_write(ino, fh, offset, data)?;
+        let entry = self.inode_entry_or_new(ino);
+        self.make_room(ino, &entry, u64::from(written)).await?;
+        self.buffer_write(ino, &entry, offset, data);
+        Ok(written)
+    }
+
+    /// Checks a write of `data` at `offset` through handle `fh`; its length.
+    pub(super) fn check_write(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, FsError> {
         self.check_file(ino, fh)?;
         let written = u32::try_from(data.len())
             .map_err(|_| FsError::code(ErrorCode::InvalidArgument, "write larger than 4 GiB"))?;
-        let len = u64::from(written);
         if offset
-            .checked_add(len)
+            .checked_add(u64::from(written))
             .is_none_or(|end| end > FILE_MAX_BYTES)
         {
             return Err(FsError::code(
@@ -401,8 +415,19 @@ impl PlaitFs {
                 "write past the largest file size",
             ));
         }
-        let entry = self.inode_entry_or_new(ino);
-        self.make_room(ino, &entry, len).await?;
+        Ok(written)
+    }
+
+    /// True if `len` more bytes fit under the per-file and the total bound of buffered
+    /// bytes (no flush needed first).
+    pub(super) fn has_room(&self, entry: &InodeEntry, len: u64) -> bool {
+        entry.lock().held_bytes() + len <= self.config.dirty_max_bytes
+            && self.dirty_total_bytes() + len <= self.config.dirty_total_max_bytes
+    }
+
+    /// Buffers `data` at `offset` (room was made) and queues whole chunks behind the
+    /// writer.
+    pub(super) fn buffer_write(&self, ino: Ino, entry: &InodeEntry, offset: u64, data: &[u8]) {
         let mut st = entry.lock();
         let before = st.held_bytes();
         st.dirty.write(offset, data);
@@ -414,7 +439,6 @@ impl PlaitFs {
         {
             st.write_behind_queued = self.write_behind.request(ino);
         }
-        Ok(written)
     }
 
     /// A write to a file opened with O_APPEND: the bytes go at the end of the file as the
@@ -518,7 +542,7 @@ impl PlaitFs {
     /// buffered (a later flush retries) and the error is returned.
     pub async fn release(&self, ino: Ino, fh: u64) -> Result<(), FsError> {
         self.check_file(ino, fh)?;
-        lock(&self.files).remove(&fh);
+        self.forget_handle(fh);
         let result = self.flush(ino).await;
         if let Err(e) = &result {
             warn!(ino, error = %e, "flush at release failed; the bytes stay buffered");
@@ -626,6 +650,56 @@ impl PlaitFs {
             // A file created here with no bytes is still committed (or queued).
             None => self.commit_created(ino, Vec::new(), wait).await.map(|_| ()),
         }
+    }
+
+    /// The close of a file created here, in the kernel request's thread: its buffered
+    /// bytes (all small enough to go inline, one `Write`) are queued with its create for
+    /// the directory's next batch. False: nothing was done, or the close must wait for
+    /// the commit after all (take [`Self::flush`]).
+    pub(super) fn queue_close(&self, ino: Ino) -> bool {
+        if !self.close_may_queue(ino) {
+            return false;
+        }
+        let Some(entry) = self.inode_entry(ino) else {
+            return false;
+        };
+        let Ok(flush_guard) = entry.flush_lock.try_lock() else {
+            return false;
+        };
+        // One `Write` of inline bytes (as `write_batches` would cut it).
+        let inline_only = {
+            let st = entry.lock();
+            let pieces = st.dirty.pieces(CHUNK_MAX_BYTES as u64);
+            st.flushing.is_none()
+                && st.dirty.total_bytes() <= INLINE_BATCH_MAX_BYTES as u64
+                && pieces.len() <= WRITE_EXTENTS_MAX
+                && pieces
+                    .iter()
+                    .all(|p| p.len <= INLINE_CHUNK_MAX_BYTES as u64)
+        };
+        if !inline_only || !matches!(self.write_session(ino), Ok(None)) {
+            return false;
+        }
+        let snapshot = begin_flush(self, &entry, FlushScope::All);
+        let stored = snapshot.as_deref().map(inline_extents).unwrap_or_default();
+        let batches = write_batches(&stored);
+        let writes = batches.iter().map(|b| self.batch_write(ino, b)).collect();
+        // Holding the flush lock of a pending, unqueued file: nobody else can queue or
+        // commit it, so this queues it.
+        let next = self.queue_created(ino, writes, CommitWait::Queued);
+        let result = match next {
+            Some(_) => Ok(()),
+            None => Err(FsError::code(ErrorCode::Io, "file was not pending")),
+        };
+        if let Some(snapshot) = snapshot {
+            self.finish_flush(ino, &entry, snapshot, &result);
+        }
+        if result.is_ok() {
+            self.remember_inline(&stored);
+        }
+        drop(flush_guard);
+        self.forget_if_idle(ino);
+        next.is_some_and(|n| n.is_done())
     }
 
     /// Stores and commits `snapshot` (already moved to `flushing`), then settles it.
@@ -752,12 +826,7 @@ impl PlaitFs {
                     .piece_bytes(piece)
                     .ok_or_else(|| FsError::code(ErrorCode::Io, "flush piece outside its buffer"))?
                     .to_vec();
-                let extent = move |chunk| Extent {
-                    file_offset: piece.file_offset,
-                    len: piece.len,
-                    chunk,
-                    chunk_offset: 0,
-                };
+                let extent = move |chunk| piece_extent(piece, chunk);
                 if data.len() <= INLINE_CHUNK_MAX_BYTES {
                     extents.push((extent(ChunkId::of(&data)), Stored::Inline(Arc::new(data))));
                     continue;
@@ -779,6 +848,32 @@ impl PlaitFs {
         extents.sort_by_key(|(e, _)| e.file_offset);
         Ok(extents)
     }
+}
+
+/// The extent of a flushed piece stored as `chunk`.
+fn piece_extent(piece: Piece, chunk: ChunkId) -> Extent {
+    Extent {
+        file_offset: piece.file_offset,
+        len: piece.len,
+        chunk,
+        chunk_offset: 0,
+    }
+}
+
+/// The pieces of `snapshot` as inline extents (the caller checked they are all small
+/// enough), in offset order.
+fn inline_extents(snapshot: &DirtyBuffer) -> Vec<(Extent, Stored)> {
+    snapshot
+        .pieces(CHUNK_MAX_BYTES as u64)
+        .into_iter()
+        .filter_map(|piece| {
+            let data = snapshot.piece_bytes(piece)?.to_vec();
+            Some((
+                piece_extent(piece, ChunkId::of(&data)),
+                Stored::Inline(Arc::new(data)),
+            ))
+        })
+        .collect()
 }
 
 /// Where a flushed piece's bytes went.

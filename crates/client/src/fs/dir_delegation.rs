@@ -35,7 +35,7 @@ use plait_proto::{
 };
 use tracing::{debug, warn};
 
-use super::{FsError, OpenIntent, PlaitFs, lock, unexpected};
+use super::{FsError, OpenIntent, PlaitFs, check_name, lock, unexpected};
 
 /// Creates in one directory within [`DIR_INTEREST_WINDOW_MS`] after which the mount asks
 /// for the directory (a single create is cheaper the ordinary way).
@@ -155,8 +155,20 @@ struct Queued {
     queued_at: Instant,
 }
 
+/// What a create under a held directory can do without a request.
+enum HeldCreate {
+    /// Created here (not committed yet).
+    Created(Attr),
+    /// O_EXCL of a name created here.
+    Exists,
+    /// Opened again before it was committed: commit it, then open it the ordinary way.
+    Again(Ino),
+    /// Not held (or no numbers left, or the name is committed): the ordinary way.
+    NotHere,
+}
+
 /// What a flush does after queuing a file.
-enum AfterQueue {
+pub(super) enum AfterQueue {
     /// Return: the batch task commits it.
     Done,
     /// Wait for its commit.
@@ -173,6 +185,13 @@ enum NextBatch {
     Linger(Duration),
     /// Nothing is queued.
     Idle,
+}
+
+impl AfterQueue {
+    /// True if the flush may return now.
+    pub(super) fn is_done(&self) -> bool {
+        matches!(self, AfterQueue::Done)
+    }
 }
 
 /// One batch taken for commit.
@@ -303,70 +322,101 @@ impl PlaitFs {
         if !self.config.delegate_dirs || !self.ensure_dir(parent).await {
             return Ok(None);
         }
-        let again = {
-            let mut inner = lock(&self.dir_delegations.inner);
-            let Some(dir) = inner.dirs.get_mut(&parent) else {
-                return Ok(None);
-            };
-            if dir.leaving || !self.session().is_ok_and(|s| s.id() == dir.session) {
-                dir.leaving = true;
-                return Ok(None);
+        match self.create_held(parent, name, perm, uid, gid, intent) {
+            HeldCreate::Created(attr) => {
+                let fh = self.open_created(&attr);
+                Ok(Some((attr, fh)))
             }
-            dir.last_used = Instant::now();
-            if let Some(existing) = dir.created.get(name) {
-                if intent.exclusive {
-                    return Err(FsError::code(ErrorCode::Exists, "file exists"));
-                }
-                // Opened again while still ours alone: commit it first, then open it
-                // the ordinary way (through the caller).
-                Err(existing.ino)
-            } else {
-                Ok(())
+            HeldCreate::Exists => Err(FsError::code(ErrorCode::Exists, "file exists")),
+            HeldCreate::Again(ino) => {
+                // Opened again while still ours alone: commit it first, then open it the
+                // ordinary way (through the caller).
+                self.settle_pending(ino).await?;
+                Ok(None)
             }
-        };
-        if let Err(ino) = again {
-            self.settle_pending(ino).await?;
-            return Ok(None);
+            HeldCreate::NotHere => Ok(None),
         }
-        let attr = {
-            let mut inner = lock(&self.dir_delegations.inner);
-            let Some(dir) = inner.dirs.get_mut(&parent) else {
-                return Ok(None);
-            };
-            if dir.leaving || dir.created.contains_key(name) {
-                return Ok(None);
+    }
+
+    /// A create answered in the kernel request's thread: only when `parent` is held with
+    /// numbers to spare and the name is new (or an O_EXCL create of a name created here).
+    /// `None`: take [`Self::create`].
+    pub fn create_local(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        intent: OpenIntent,
+    ) -> Option<Result<(Attr, u64), FsError>> {
+        if !self.config.delegate_dirs || check_name(name).is_err() {
+            return None;
+        }
+        match self.create_held(parent, name, perm, uid, gid, intent) {
+            HeldCreate::Created(attr) => {
+                let fh = self.open_created(&attr);
+                Some(Ok((attr, fh)))
             }
-            if dir.names.contains(name) {
-                return Ok(None);
-            }
-            let Some(ino) = dir.take_ino() else {
-                return Ok(None);
-            };
-            let now = now_timestamp();
-            let setgid = dir.attr.perm & S_ISGID != 0;
-            let attr = Attr {
-                ino,
-                kind: FileKind::File,
-                perm: perm & 0o7777,
-                nlink: 1,
-                uid,
-                gid: if setgid { dir.attr.gid } else { gid },
-                rdev: 0,
-                size: 0,
-                allocated_bytes: 0,
-                atime: now,
-                mtime: now,
-                ctime: now,
-                crtime: now,
-            };
-            dir.created.insert(name.to_vec(), attr.clone());
-            dir.attr.mtime = now;
-            dir.attr.ctime = now;
-            inner.pending.insert(ino, (parent, name.to_vec()));
-            attr
+            HeldCreate::Exists => Some(Err(FsError::code(ErrorCode::Exists, "file exists"))),
+            HeldCreate::Again(_) | HeldCreate::NotHere => None,
+        }
+    }
+
+    /// The part of a create under a held directory that needs no request.
+    fn create_held(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        intent: OpenIntent,
+    ) -> HeldCreate {
+        let mut inner = lock(&self.dir_delegations.inner);
+        let Some(dir) = inner.dirs.get_mut(&parent) else {
+            return HeldCreate::NotHere;
         };
-        let fh = self.open_created(&attr);
-        Ok(Some((attr, fh)))
+        if dir.leaving || !self.session().is_ok_and(|s| s.id() == dir.session) {
+            dir.leaving = true;
+            return HeldCreate::NotHere;
+        }
+        dir.last_used = Instant::now();
+        if let Some(existing) = dir.created.get(name) {
+            return if intent.exclusive {
+                HeldCreate::Exists
+            } else {
+                HeldCreate::Again(existing.ino)
+            };
+        }
+        if dir.names.contains(name) {
+            return HeldCreate::NotHere;
+        }
+        let Some(ino) = dir.take_ino() else {
+            return HeldCreate::NotHere;
+        };
+        let now = now_timestamp();
+        let setgid = dir.attr.perm & S_ISGID != 0;
+        let attr = Attr {
+            ino,
+            kind: FileKind::File,
+            perm: perm & 0o7777,
+            nlink: 1,
+            uid,
+            gid: if setgid { dir.attr.gid } else { gid },
+            rdev: 0,
+            size: 0,
+            allocated_bytes: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+        };
+        dir.created.insert(name.to_vec(), attr.clone());
+        dir.attr.mtime = now;
+        dir.attr.ctime = now;
+        inner.pending.insert(ino, (parent, name.to_vec()));
+        HeldCreate::Created(attr)
     }
 
     /// True if this mount holds `dir` now, asking for it if creates there come in a run.
@@ -519,67 +569,91 @@ impl PlaitFs {
         writes: Vec<DirBatchOp>,
         wait: CommitWait,
     ) -> Result<bool, FsError> {
-        let next = {
-            let mut guard = lock(&self.dir_delegations.inner);
-            let inner = &mut *guard;
-            let Some((dir, name)) = inner.pending.get(&ino).cloned() else {
-                return Ok(false);
-            };
-            let Some(held) = inner.dirs.get_mut(&dir) else {
-                return Ok(false);
-            };
-            let Some(attr) = held.created.get_mut(&name) else {
-                return Ok(false);
-            };
-            attr.size = attr.size.max(written_end(&writes));
-            let inline_bytes = inline_len(&writes);
-            if inner.queued.contains(&ino) {
-                match held.queue.iter_mut().find(|q| q.ino == ino) {
-                    // Still waiting for its batch: the new bytes go with it.
-                    Some(q) => {
-                        q.ops.extend(writes);
-                        q.inline_bytes += inline_bytes;
-                        held.queued_bytes += inline_bytes;
-                        self.close_may_return(wait, inner, dir)
-                    }
-                    // Its batch is being committed: these bytes go after it.
-                    None if writes.is_empty() && wait == CommitWait::Queued => AfterQueue::Done,
-                    None => AfterQueue::WaitThenOrdinary,
-                }
-            } else {
-                let mut ops = Vec::with_capacity(1 + writes.len());
-                ops.push(DirBatchOp::CreateFile {
-                    name: name.clone(),
-                    ino,
-                    perm: attr.perm,
-                    uid: attr.uid,
-                    gid: attr.gid,
-                });
-                ops.extend(writes);
-                held.queue.push_back(Queued {
-                    ino,
-                    name,
-                    ops,
-                    inline_bytes,
-                    alone: false,
-                    queued_at: Instant::now(),
-                });
-                held.queued_bytes += inline_bytes;
-                inner.queued.insert(ino);
-                if !inner.ready.contains(&dir) {
-                    inner.ready.push_back(dir);
-                }
-                if held.queue.len() == 1 || held.queue.len() >= BATCH_FILES_MAX {
-                    // A first file starts the linger; a full batch ends it.
-                    self.dir_delegations.queued.notify_one();
-                }
-                self.close_may_return(wait, inner, dir)
-            }
+        let Some(next) = self.queue_created(ino, writes, wait) else {
+            return Ok(false);
         };
         match next {
             AfterQueue::Done => Ok(true),
             AfterQueue::Wait => self.wait_committed(ino).await.map(|()| true),
             AfterQueue::WaitThenOrdinary => self.wait_committed(ino).await.map(|()| false),
+        }
+    }
+
+    /// Queues a file created here with `writes` for its directory's next batch (or adds
+    /// `writes` to it if it is queued already) and says what the flush does next. `None`:
+    /// the file is not pending here.
+    pub(super) fn queue_created(
+        &self,
+        ino: Ino,
+        writes: Vec<DirBatchOp>,
+        wait: CommitWait,
+    ) -> Option<AfterQueue> {
+        let mut guard = lock(&self.dir_delegations.inner);
+        let inner = &mut *guard;
+        let (dir, name) = inner.pending.get(&ino).cloned()?;
+        let held = inner.dirs.get_mut(&dir)?;
+        let attr = held.created.get_mut(&name)?;
+        attr.size = attr.size.max(written_end(&writes));
+        let inline_bytes = inline_len(&writes);
+        Some(if inner.queued.contains(&ino) {
+            match held.queue.iter_mut().find(|q| q.ino == ino) {
+                // Still waiting for its batch: the new bytes go with it.
+                Some(q) => {
+                    q.ops.extend(writes);
+                    q.inline_bytes += inline_bytes;
+                    held.queued_bytes += inline_bytes;
+                    self.close_may_return(wait, inner, dir)
+                }
+                // Its batch is being committed: these bytes go after it.
+                None if writes.is_empty() && wait == CommitWait::Queued => AfterQueue::Done,
+                None => AfterQueue::WaitThenOrdinary,
+            }
+        } else {
+            let mut ops = Vec::with_capacity(1 + writes.len());
+            ops.push(DirBatchOp::CreateFile {
+                name: name.clone(),
+                ino,
+                perm: attr.perm,
+                uid: attr.uid,
+                gid: attr.gid,
+            });
+            ops.extend(writes);
+            held.queue.push_back(Queued {
+                ino,
+                name,
+                ops,
+                inline_bytes,
+                alone: false,
+                queued_at: Instant::now(),
+            });
+            held.queued_bytes += inline_bytes;
+            inner.queued.insert(ino);
+            if !inner.ready.contains(&dir) {
+                inner.ready.push_back(dir);
+            }
+            if held.queue.len() == 1 || held.queue.len() >= BATCH_FILES_MAX {
+                // A first file starts the linger; a full batch ends it.
+                self.dir_delegations.queued.notify_one();
+            }
+            self.close_may_return(wait, inner, dir)
+        })
+    }
+
+    /// True if `ino` was created here and not queued yet (its close must queue it).
+    pub(super) fn needs_queueing(&self, ino: Ino) -> bool {
+        let inner = lock(&self.dir_delegations.inner);
+        inner.pending.contains_key(&ino) && !inner.queued.contains(&ino)
+    }
+
+    /// True if a close of `ino` may queue it and return: a file created here, not queued
+    /// yet, in a directory whose batches keep up.
+    pub(super) fn close_may_queue(&self, ino: Ino) -> bool {
+        let inner = lock(&self.dir_delegations.inner);
+        match inner.pending.get(&ino) {
+            Some((dir, _)) if !inner.queued.contains(&ino) => self
+                .close_may_return(CommitWait::Queued, &inner, *dir)
+                .is_done(),
+            _ => false,
         }
     }
 

@@ -816,6 +816,21 @@ impl PlaitFs {
         Ok(())
     }
 
+    /// Runs `f` if lock owner `owner` holds nothing on `ino` here, under the owner's
+    /// stripe (so a lock request in flight for it makes this `None`, as does a lock).
+    pub(super) fn with_idle_owner<R>(
+        &self,
+        ino: Ino,
+        owner: u64,
+        f: impl FnOnce() -> R,
+    ) -> Option<R> {
+        let _stripe = self.locks.stripe(ino, owner).try_lock().ok()?;
+        if lock(&self.locks.owners).contains_key(&(ino, owner)) {
+            return None;
+        }
+        Some(f())
+    }
+
     /// True if a FLUSH (close of a descriptor) of `ino` by lock owner `owner` has nothing
     /// to do: no bytes buffered or being flushed, and the owner holds nothing here. Lets
     /// the mount answer in the kernel request's own thread; false means "run

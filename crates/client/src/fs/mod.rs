@@ -24,6 +24,7 @@ mod dir;
 mod dir_delegation;
 mod dirty;
 mod extents;
+mod fast;
 mod inode;
 mod locks;
 mod names;
@@ -149,6 +150,14 @@ impl FsError {
     pub fn is_gone(&self) -> bool {
         matches!(self, FsError::Rpc(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::Stale))
     }
+}
+
+/// ENODATA for xattr `name`.
+fn no_xattr(name: &[u8]) -> FsError {
+    FsError::code(
+        ErrorCode::NoAttr,
+        format!("no xattr {:?}", String::from_utf8_lossy(name)),
+    )
 }
 
 /// A reply of an unexpected variant: the peer speaks another dialect.
@@ -368,22 +377,6 @@ impl PlaitFs {
             }
         }
         self.lookup_fresh(parent, name).await
-    }
-
-    /// A lookup answered by a fresh directory snapshot without waiting, if one can be:
-    /// lets the mount answer in the kernel request's own thread. `None` means "ask
-    /// [`Self::lookup`]" (which also reports bad names).
-    pub fn lookup_local(&self, parent: Ino, name: &[u8]) -> Option<Attr> {
-        if matches!(name, b"." | b"..") || check_name(name).is_err() {
-            return None;
-        }
-        if let Some(answer) = self.delegated_lookup(parent, name) {
-            return answer.ok();
-        }
-        match self.statahead_answer(parent, name, Instant::now()) {
-            Some(Ok(attr)) => Some(attr),
-            _ => None,
-        }
     }
 
     /// The answer of a fresh directory snapshot to a lookup, if there is one (only ever
@@ -794,13 +787,8 @@ impl PlaitFs {
     /// mount set it in that moment (the staleness the attribute timeout allows).
     pub async fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, FsError> {
         check_xattr_name(name)?;
-        // A file created here and not committed has none (setting one commits it first).
-        let pending = self.pending_dir(ino).is_some();
-        if pending || (name == b"security.capability" && self.created_here_recently(ino)) {
-            return Err(FsError::code(
-                ErrorCode::NoAttr,
-                format!("no xattr {:?}", String::from_utf8_lossy(name)),
-            ));
+        if self.xattr_absent_here(ino, name) {
+            return Err(no_xattr(name));
         }
         let reply = self
             .client
@@ -817,6 +805,15 @@ impl PlaitFs {
 
     /// True if this mount created `ino` less than an attribute timeout ago and has not
     /// changed its extended attributes since.
+    /// True if this mount knows `ino` has no xattr `name` without asking: a file created
+    /// here and not committed has none (setting one commits it first), and one created
+    /// here within the attribute timeout has no `security.capability` (asked by the
+    /// kernel before its first write).
+    fn xattr_absent_here(&self, ino: Ino, name: &[u8]) -> bool {
+        self.pending_dir(ino).is_some()
+            || (name == b"security.capability" && self.created_here_recently(ino))
+    }
+
     fn created_here_recently(&self, ino: Ino) -> bool {
         self.inode_entry(ino).is_some_and(|entry| {
             entry
@@ -886,6 +883,11 @@ impl PlaitFs {
         let fh = self.new_handle();
         lock(&self.files).insert(fh, ino);
         fh
+    }
+
+    /// Drops file handle `fh` (its inode's handle count is the caller's).
+    fn forget_handle(&self, fh: u64) {
+        lock(&self.files).remove(&fh);
     }
 
     /// Checks that file handle `fh` is open on `ino`.
