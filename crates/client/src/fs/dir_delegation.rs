@@ -102,6 +102,9 @@ pub(super) enum CommitWait {
     /// Return once queued for the next batch (close), unless the mount is configured
     /// durable on close or batches fail or fall behind.
     Queued,
+    /// Return once queued: the caller waits for the commits itself (a give-back queues
+    /// all its files first, so that they share batches).
+    CallerWaits,
 }
 
 /// The mount's directory delegations and what it needs to decide to ask for one.
@@ -605,7 +608,7 @@ impl PlaitFs {
                     self.close_may_return(wait, inner, dir)
                 }
                 // Its batch is being committed: these bytes go after it.
-                None if writes.is_empty() && wait == CommitWait::Queued => AfterQueue::Done,
+                None if writes.is_empty() && wait != CommitWait::Committed => AfterQueue::Done,
                 None => AfterQueue::WaitThenOrdinary,
             }
         } else {
@@ -665,6 +668,9 @@ impl PlaitFs {
         let full = inner.dirs.get(&dir).is_none_or(|held| {
             held.queue.len() > QUEUED_FILES_MAX || held.queued_bytes > QUEUED_BYTES_MAX
         });
+        if wait == CommitWait::CallerWaits {
+            return AfterQueue::Done;
+        }
         if wait == CommitWait::Queued
             && self.config.close_behind
             && !inner.unhealthy
@@ -751,7 +757,7 @@ impl PlaitFs {
         };
         let mut first_error = Ok(());
         for ino in &pending {
-            if let Err(e) = self.flush_pending(*ino, CommitWait::Queued).await {
+            if let Err(e) = self.flush_pending(*ino, CommitWait::CallerWaits).await {
                 first_error = first_error.and(Err(e));
             }
         }
