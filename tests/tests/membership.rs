@@ -212,3 +212,92 @@ async fn tokens_join_once_witness_holds_no_chunks_and_remove_keeps_quorum() {
     }
     eprintln!("membership test took {:?}", t0.elapsed());
 }
+
+/// Kills the child process when dropped (a failing test leaves no node behind).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Where a node whose data directory is `data_dir` keeps the chunk holding `data`.
+fn chunk_path(data_dir: &Path, data: &[u8]) -> std::path::PathBuf {
+    let hex = blake3::hash(data).to_hex().to_string();
+    data_dir
+        .join("chunks")
+        .join(&hex[..2])
+        .join(&hex[2..4])
+        .join(hex)
+}
+
+#[test]
+fn a_joined_data_node_takes_its_chunks_and_the_old_holders_drop_theirs() {
+    // Three data nodes, two copies of each chunk.
+    let pg = Playground::up(3, 2, &[]).unwrap();
+    let files: Vec<Vec<u8>> = (0..24)
+        .map(|i| {
+            format!("surplus {i} ")
+                .into_bytes()
+                .into_iter()
+                .cycle()
+                .take(40_000 + i)
+                .collect()
+        })
+        .collect();
+    for (i, data) in files.iter().enumerate() {
+        fs::write(pg.mnt.join(format!("f{i}")), data).unwrap();
+    }
+
+    // A fourth data node joins: the chunks that now rank to it move there, and the node
+    // each one displaced drops its copy once both placed nodes hold one.
+    let token = pg
+        .admin(&["node", "add", "--role", "data", "--ttl-s", "60"])
+        .unwrap();
+    let extra = tempfile::tempdir().unwrap();
+    let node4_dir = extra.path().join("node4");
+    let _node4 = KillOnDrop(start_joiner(token.trim(), free_addr(), &node4_dir));
+    let data_dir = |k: u32| match k {
+        4 => node4_dir.clone(),
+        k => pg.dir.path().join(format!("node{k}/data")),
+    };
+    let holders = |data: &[u8]| -> Vec<u32> {
+        (1..=4)
+            .filter(|k| plait_tests::chunk_intact(&chunk_path(&data_dir(*k), data)))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let wrong: Vec<(usize, Vec<u32>, Vec<u32>)> = files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, data)| {
+                let mut want = plait_tests::placed_nodes(&[1, 2, 3, 4], 2, data);
+                want.sort_unstable();
+                let have = holders(data);
+                (have != want).then_some((i, have, want))
+            })
+            .collect();
+        if wrong.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "copies not where the 4-node map places them (file, held on, placed on): {wrong:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let moved = files
+        .iter()
+        .filter(|d| plait_tests::placed_nodes(&[1, 2, 3, 4], 2, d).contains(&4))
+        .count();
+    assert!(moved > 0, "no chunk ranks to the new node");
+    let info = pg.admin(&["heal", "info"]).unwrap();
+    eprintln!("{moved} of {} chunks moved to node 4\n{info}", files.len());
+    assert!(info.contains("surplus copies dropped"), "{info}");
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(&fs::read(pg.mnt.join(format!("f{i}"))).unwrap(), data);
+    }
+}

@@ -67,10 +67,11 @@ pub async fn run(cmd: HealCmd) -> Result<()> {
                 // Not in the JSON output, which stays the array of pending rows.
                 for p in placement(&client).await? {
                     println!(
-                        "placement node {}: {} ({} chunks copied since start)",
+                        "placement node {}: {} ({} chunks copied, {} surplus copies dropped since start)",
                         p.node,
                         p.state.map_or("no answer", PlacementPass::name),
-                        p.copied_chunks
+                        p.copied_chunks,
+                        p.dropped_chunks
                     );
                 }
             }
@@ -127,6 +128,7 @@ struct NodePlacement {
     /// `None`: the node did not answer.
     state: Option<PlacementPass>,
     copied_chunks: u64,
+    dropped_chunks: u64,
 }
 
 /// Every data node's placement pass (each asked once).
@@ -138,11 +140,13 @@ async fn placement(client: &ClusterClient) -> Result<Vec<NodePlacement>> {
                 node,
                 state: Some(s.placement),
                 copied_chunks: s.placement_copied_chunks,
+                dropped_chunks: s.placement_dropped_chunks,
             },
             Err(_) => NodePlacement {
                 node,
                 state: None,
                 copied_chunks: 0,
+                dropped_chunks: 0,
             },
         };
         out.push(p);

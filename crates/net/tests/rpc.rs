@@ -54,6 +54,7 @@ impl Handler for Echo {
                 placement: plait_proto::PlacementPass::Idle,
                 placement_copied_chunks: 0,
                 placement_copied_bytes: 0,
+                placement_dropped_chunks: 0,
             }),
             _ => Response::ChunkStored,
         }

@@ -25,7 +25,7 @@ use crate::service::Service;
 const HEAL_BATCH_MAX: usize = plait_meta::HEAL_DONE_MAX;
 
 /// Chunks healed at once by one node.
-const HEAL_IN_FLIGHT_MAX: usize = 16;
+pub const HEAL_IN_FLIGHT_MAX: usize = 16;
 
 /// Bound on fetching one chunk from one peer.
 const HEAL_FETCH_TIMEOUT_MS: u64 = 5_000;

@@ -137,6 +137,7 @@ async fn run(cfg: Config) -> Result<()> {
         placement_running: AtomicBool::new(false),
         placement_copied_chunks: AtomicU64::new(0),
         placement_copied_bytes: AtomicU64::new(0),
+        placement_dropped_chunks: AtomicU64::new(0),
     });
 
     if cfg.bootstrap && !raft.is_initialized().await? {

@@ -18,18 +18,29 @@
 //! It is not recorded anywhere: a node runs one at start, so a pass cut by a restart
 //! simply runs again (a page of chunks already held costs one `stat` each).
 //!
+//! **Surplus copies.** The same pass drops this node's copies of chunks it is no longer
+//! placed for (a data node joined and now ranks before it, or the replica count went
+//! down): for each one it asks every placed node whether it holds an intact copy
+//! (`ChunkCheck`: the node reads it and verifies its hash) and deletes its own only when
+//! all of them do. A copy some placed node lacks (it is still copying, or down) is kept;
+//! a pass that kept some is run again after a heal interval, at most
+//! [`SURPLUS_PASSES_MAX`] times for one map.
+//!
 //! **Replica count.** The `C` key does not say which volume (hence which `R`) a chunk
 //! belongs to, and finding out means walking extents back to inodes. The pass uses the
 //! largest `replicas` of any volume instead: a chunk of a lower-R volume may get one
 //! extra copy on the node ranked next, which is harmless (and GC deletes it with the
 //! chunk).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use plait_proto::{ChunkId, MetaOp, MetaQuery, MetaReply, MissingCopy, NodeId};
+use plait_proto::{ChunkId, MetaOp, MetaQuery, MetaReply, MissingCopy, NodeId, Request, Response};
+use tokio::task::JoinSet;
 
+use crate::heal::HEAL_IN_FLIGHT_MAX;
 use crate::service::Service;
 
 /// Referenced chunks (`C` keys) read and checked per step of a pass.
@@ -37,6 +48,12 @@ pub const PLACEMENT_PAGE_MAX_CHUNKS: usize = 1024;
 
 /// Pause between two pages of a pass, in milliseconds (the pass is background work).
 pub const PLACEMENT_PAGE_PAUSE_MS: u64 = 20;
+
+/// Passes run again for one map because surplus copies could not be dropped yet.
+pub const SURPLUS_PASSES_MAX: u32 = 5;
+
+/// Bound on one `ChunkCheck` of a placed node, in milliseconds.
+const CHUNK_CHECK_TIMEOUT_MS: u64 = 10_000;
 
 /// The data nodes a pass places over, as (id, zone), sorted by id.
 pub type DataMap = Vec<(NodeId, Option<String>)>;
@@ -62,14 +79,6 @@ pub fn placed_on(
     plait_client::placement::place_in_zones(chunk, map, replicas, |n| n.0, |n| n.1.clone())
         .iter()
         .any(|n| n.0 == me)
-}
-
-/// The chunks of `page` that `me` is placed for under `target`.
-pub fn placed_here(page: &[ChunkId], target: &Target, me: NodeId) -> Vec<ChunkId> {
-    page.iter()
-        .filter(|c| placed_on(c, &target.map, target.replicas, me))
-        .copied()
-        .collect()
 }
 
 /// The pass this node would run now: `None` when it stores no chunks (not a data member
@@ -111,6 +120,10 @@ struct Pass {
     after: Option<ChunkId>,
     /// Copies this pass made, for the log line at its end.
     copied_chunks: u64,
+    /// Surplus copies this pass dropped.
+    dropped_chunks: u64,
+    /// Surplus copies this pass had to keep (a placed node lacked its copy).
+    kept_surplus: u64,
 }
 
 /// The placement side of the heal worker: what the last completed pass covered and the
@@ -119,6 +132,8 @@ struct Pass {
 pub struct Placer {
     done_for: Option<Target>,
     pass: Option<Pass>,
+    /// Passes run again for surplus copies kept since the last pass that kept none.
+    surplus_passes: u32,
 }
 
 impl Placer {
@@ -160,6 +175,8 @@ impl Placer {
                 target,
                 after: None,
                 copied_chunks: 0,
+                dropped_chunks: 0,
+                kept_surplus: 0,
             });
         }
         let Some(pass) = self.pass.as_mut() else {
@@ -175,16 +192,28 @@ impl Placer {
                 .map(|(id, _)| id)
                 .collect()
         };
-        let placed = placed_here(&page, &pass.target, service.node_id);
-        let chunks = service.chunks.clone();
-        let missing: Vec<ChunkId> = tokio::task::spawn_blocking(move || {
-            placed
-                .into_iter()
-                .filter(|id| !chunks.contains(id))
-                .collect()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let (missing, surplus) = {
+            let (page, target, me) = (page.clone(), pass.target.clone(), service.node_id);
+            let chunks = service.chunks.clone();
+            tokio::task::spawn_blocking(move || {
+                let (placed, others): (Vec<ChunkId>, Vec<ChunkId>) = page
+                    .into_iter()
+                    .partition(|c| placed_on(c, &target.map, target.replicas, me));
+                let missing: Vec<ChunkId> =
+                    placed.into_iter().filter(|c| !chunks.contains(c)).collect();
+                let surplus: Vec<ChunkId> =
+                    others.into_iter().filter(|c| chunks.contains(c)).collect();
+                (missing, surplus)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        };
+        let (dropped, kept) = drop_surplus(service, surplus, &pass.target).await;
+        pass.dropped_chunks += dropped;
+        pass.kept_surplus += kept;
+        service
+            .placement_dropped_chunks
+            .fetch_add(dropped, Ordering::Relaxed);
         let (copied, failed) = crate::heal::copy_missing(service, missing).await;
         for bytes in &copied {
             service
@@ -214,8 +243,23 @@ impl Placer {
             service.heal_trigger.notify_one();
         }
         if page.len() < PLACEMENT_PAGE_MAX_CHUNKS {
-            tracing::info!(copied_chunks = pass.copied_chunks, "placement pass done");
-            self.done_for = self.pass.take().map(|p| p.target);
+            tracing::info!(
+                copied_chunks = pass.copied_chunks,
+                dropped_chunks = pass.dropped_chunks,
+                kept_surplus = pass.kept_surplus,
+                "placement pass done"
+            );
+            let again = pass.kept_surplus > 0 && self.surplus_passes < SURPLUS_PASSES_MAX;
+            let finished = self.pass.take().map(|p| p.target);
+            if again {
+                // Run it again after a heal interval: the placed nodes may have their
+                // copies by then.
+                self.surplus_passes += 1;
+                self.done_for = None;
+            } else {
+                self.surplus_passes = 0;
+                self.done_for = finished;
+            }
             service.placement_running.store(false, Ordering::Relaxed);
         } else {
             pass.after = page.last().copied();
@@ -223,6 +267,96 @@ impl Placer {
         }
         Ok(())
     }
+}
+
+/// Drops this node's copies of `ids` (chunks it is not placed for under `target`), each
+/// once every placed node holds an intact copy, [`HEAL_IN_FLIGHT_MAX`] at a time.
+/// Returns (dropped, kept).
+async fn drop_surplus(service: &Arc<Service>, ids: Vec<ChunkId>, target: &Target) -> (u64, u64) {
+    if ids.is_empty() {
+        return (0, 0);
+    }
+    let addrs: Arc<HashMap<NodeId, String>> = Arc::new(service.members().into_iter().collect());
+    let (mut dropped, mut kept) = (0u64, 0u64);
+    let mut set = JoinSet::new();
+    let mut queue = ids.into_iter();
+    loop {
+        while set.len() < HEAL_IN_FLIGHT_MAX {
+            let Some(id) = queue.next() else { break };
+            let placed: Vec<NodeId> = plait_client::placement::place_in_zones(
+                &id,
+                &target.map,
+                target.replicas,
+                |n| n.0,
+                |n| n.1.clone(),
+            )
+            .into_iter()
+            .map(|n| n.0)
+            .collect();
+            let (service, addrs, replicas) = (service.clone(), addrs.clone(), target.replicas);
+            set.spawn(async move {
+                let outcome =
+                    drop_if_placed_copies_exist(&service, id, &placed, replicas, &addrs).await;
+                (id, outcome)
+            });
+        }
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
+        match joined {
+            Ok((_, Ok(true))) => dropped += 1,
+            Ok((_, Ok(false))) => kept += 1,
+            Ok((id, Err(e))) => {
+                tracing::debug!(chunk = %id, error = %e, "surplus copy kept");
+                kept += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "surplus check task failed");
+                kept += 1;
+            }
+        }
+    }
+    (dropped, kept)
+}
+
+/// Deletes this node's copy of `id` if each of the `replicas` nodes in `placed` answers
+/// that it holds an intact copy. `Ok(false)`: one does not (or this node is placed).
+async fn drop_if_placed_copies_exist(
+    service: &Arc<Service>,
+    id: ChunkId,
+    placed: &[NodeId],
+    replicas: usize,
+    addrs: &HashMap<NodeId, String>,
+) -> Result<bool, String> {
+    if placed.len() < replicas || placed.contains(&service.node_id) {
+        return Ok(false);
+    }
+    for node in placed {
+        let addr = addrs
+            .get(node)
+            .ok_or_else(|| format!("node {node}: no address"))?;
+        let sock = addr
+            .parse()
+            .map_err(|_| format!("node {node}: bad address {addr}"))?;
+        let timeout = Duration::from_millis(CHUNK_CHECK_TIMEOUT_MS);
+        match service
+            .rpc
+            .call(sock, &Request::ChunkCheck { id }, timeout)
+            .await
+        {
+            Ok(Response::Held(true)) => {}
+            Ok(Response::Held(false)) => return Ok(false),
+            Ok(other) => return Err(format!("node {node}: unexpected answer {other:?}")),
+            Err(e) => return Err(format!("node {node}: {e}")),
+        }
+    }
+    let chunks = service.chunks.clone();
+    tokio::task::spawn_blocking(move || chunks.delete_if_older(&id, Duration::ZERO))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    tracing::debug!(chunk = %id, "dropped a surplus copy");
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -269,6 +403,14 @@ mod tests {
         }
         // About 3/5 of the chunks had a copy on node 3.
         assert!((1_000..1_400).contains(&moved), "{moved}");
+    }
+
+    /// The chunks of `page` that `me` is placed for under `target`.
+    fn placed_here(page: &[ChunkId], target: &Target, me: NodeId) -> Vec<ChunkId> {
+        page.iter()
+            .filter(|c| placed_on(c, &target.map, target.replicas, me))
+            .copied()
+            .collect()
     }
 
     #[test]

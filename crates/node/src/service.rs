@@ -60,6 +60,9 @@ pub struct Service {
     pub placement_copied_chunks: AtomicU64,
     /// Bytes of those copies.
     pub placement_copied_bytes: AtomicU64,
+    /// Copies the placement passes dropped (no longer placed here, held by every placed
+    /// node), since start.
+    pub placement_dropped_chunks: AtomicU64,
     /// The cluster CA certificate (PEM), sent to joiners with their certificate.
     pub ca_pem: String,
     /// The cluster CA's private key (PEM), if this node signs joiners' certificates.
@@ -302,6 +305,23 @@ impl Service {
                 }
                 error(RpcError::new(e.code(), e.to_string()))
             }
+            Err(e) => error(RpcError::new(ErrorCode::Io, e.to_string())),
+        }
+    }
+
+    /// Whether an intact copy of `id` is here (read and hash-verified; a corrupt one is
+    /// reported for heal and answered `false`).
+    async fn chunk_check(self: &Arc<Self>, id: ChunkId) -> Response {
+        let chunks = self.chunks.clone();
+        match tokio::task::spawn_blocking(move || chunks.get(&id)).await {
+            Ok(Ok(_)) => Response::Held(true),
+            Ok(Err(ChunkError::NotFound(_))) => Response::Held(false),
+            Ok(Err(e @ ChunkError::Corrupt { .. })) => {
+                tracing::warn!(chunk = %id, error = %e, "corrupt copy found by a placement check");
+                self.report_corrupt(id);
+                Response::Held(false)
+            }
+            Ok(Err(e)) => error(RpcError::new(e.code(), e.to_string())),
             Err(e) => error(RpcError::new(ErrorCode::Io, e.to_string())),
         }
     }
@@ -635,6 +655,7 @@ impl Service {
             },
             placement_copied_chunks: self.placement_copied_chunks.load(Ordering::Relaxed),
             placement_copied_bytes: self.placement_copied_bytes.load(Ordering::Relaxed),
+            placement_dropped_chunks: self.placement_dropped_chunks.load(Ordering::Relaxed),
         })
     }
 }
@@ -662,6 +683,7 @@ impl Service {
             },
             Request::ChunkPut { id, data } => self.chunk_put(id, data).await,
             Request::ChunkGet { id } => self.chunk_get(id).await,
+            Request::ChunkCheck { id } => self.chunk_check(id).await,
             Request::Raft(rpc) => self.raft_rpc(rpc).await,
             Request::NodeStatus => self.status(),
             Request::Members => Response::Members(self.members()),

@@ -87,6 +87,10 @@ pub enum Request {
     },
     /// Read a whole chunk; the node verifies its hash before answering.
     ChunkGet { id: ChunkId },
+    /// Whether this node holds an intact copy of a chunk (it reads the copy and verifies
+    /// its hash), answered with [`Response::Held`]. A node asks the placed nodes this
+    /// before it drops a copy it is no longer placed for.
+    ChunkCheck { id: ChunkId },
     /// Raft traffic between voters; the payload is an openraft message encoded by the node.
     Raft(RaftRpc),
     /// Node facts for `plait status`, the playground and health checks.
@@ -187,6 +191,8 @@ pub enum Response {
     ChunkStored,
     /// The bytes of a chunk, already verified against its id by the node.
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Answer to [`Request::ChunkCheck`]: an intact copy is here.
+    Held(bool),
     /// Raft answer, opaque like [`RaftRpc`].
     Raft(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Answer to [`Request::NodeStatus`].

@@ -200,6 +200,9 @@ pub struct NodeStatus {
     pub placement_copied_chunks: u64,
     /// Their bytes.
     pub placement_copied_bytes: u64,
+    /// Copies the placement passes dropped since the node started: chunks this node is no
+    /// longer placed for, once every placed node had an intact copy.
+    pub placement_dropped_chunks: u64,
 }
 
 /// State of a node's placement pass.

@@ -72,6 +72,7 @@ fn status() -> Result<Response, NetError> {
         placement: plait_proto::PlacementPass::Idle,
         placement_copied_chunks: 0,
         placement_copied_bytes: 0,
+        placement_dropped_chunks: 0,
     }))
 }
 
