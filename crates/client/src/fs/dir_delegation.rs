@@ -38,10 +38,10 @@ use tracing::{debug, warn};
 use super::{FsError, OpenIntent, PlaitFs, check_name, lock, unexpected};
 
 /// Creates in one directory within [`DIR_INTEREST_WINDOW_MS`] after which the mount asks
-/// for the directory. A grant costs two commits and a listing (and a give-back one more
-/// commit), so it pays only for a run of creates: creates spread round-robin over many
-/// directories (one every second or two in each) stay on the ordinary path, where a
-/// 2-in-2-s rule made them pay a grant for every two or three files.
+/// for the directory. A grant costs a commit and a listing of the directory, and its
+/// give-back another commit, so it pays only for a run of creates: creates spread
+/// round-robin over many directories (one every second or so in each) stay on the
+/// ordinary path instead of taking a grant for every two or three files.
 const DIR_ASK_AFTER_CREATES: u32 = 3;
 
 /// Window in which creates count towards asking, in milliseconds.
