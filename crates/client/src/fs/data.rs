@@ -15,7 +15,7 @@ use super::cache::ChunkData;
 use super::dir_delegation::CommitWait;
 use super::dirty::{DirtyBuffer, Piece};
 use super::extents::{EXTENT_WINDOW_BYTES, ExtentWindow, assemble, chunks_needed, window_for};
-use super::inode::InodeEntry;
+use super::inode::{InodeData, InodeEntry};
 use super::names::{OpenIntent, check_name, may_open};
 use super::write_behind::WRITE_BEHIND_MIN_CHUNKS;
 use crate::{ClusterClient, StoredChunk};
@@ -23,7 +23,7 @@ use crate::{ClusterClient, StoredChunk};
 use super::{FsError, PlaitFs, WRITE_EXTENTS_MAX, expect_attr, lock, unexpected};
 
 /// Extent windows a sequential reader fetches ahead of the one it reads.
-const READ_AHEAD_WINDOWS: u64 = 2;
+pub(super) const READ_AHEAD_WINDOWS: u64 = 4;
 
 /// Chunk uploads of one flush in flight at once.
 const PUT_IN_FLIGHT_MAX: usize = 4;
@@ -250,8 +250,9 @@ impl PlaitFs {
 
     /// A read answered without waiting, if one can be: the cached extent window covers
     /// it and every chunk it needs came inline with that window (a small file just
-    /// opened). Lets the mount answer in the kernel request's own thread; `None` means
-    /// "ask [`Self::read`]". Never starts read-ahead (inline bytes need none).
+    /// opened) or is in the chunk cache (a sequential reader whose chunks were fetched
+    /// ahead), and no read-ahead is due. Lets the mount answer in the kernel request's
+    /// own thread; `None` means "ask [`Self::read`]" (which starts the read-ahead).
     pub fn read_local(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Option<Vec<u8>> {
         self.check_file(ino, fh).ok()?;
         let len = u64::from(size);
@@ -266,12 +267,19 @@ impl PlaitFs {
         if offset >= end {
             return Some(Vec::new());
         }
-        // Every chunk must have come inline; only then are buffered bytes copied.
+        if !read_ahead_starts(&st, window, end).is_empty() {
+            return None;
+        }
+        // Every chunk must be at hand; only then are buffered bytes copied.
         let committed_end = end.min(window.size);
         let mut buf = if offset < committed_end {
             let mut chunks = HashMap::new();
             for id in chunks_needed(&window.extents, offset, committed_end) {
-                chunks.insert(id, window.inline.get(&id)?.clone());
+                let data = match window.inline.get(&id) {
+                    Some(data) => data.clone(),
+                    None => self.chunks.cache().get(&id)?,
+                };
+                chunks.insert(id, data);
             }
             let len = (committed_end - offset) as usize;
             assemble(offset, len, &window.extents, &chunks).ok()?
@@ -291,25 +299,14 @@ impl PlaitFs {
     /// stale; the extents fetched for it are not kept (a later read asks for them again,
     /// under close-to-open).
     fn read_ahead(&self, ino: Ino, entry: &InodeEntry, window: &ExtentWindow, end: u64) {
-        let mut starts: Vec<u64> = Vec::new();
-        {
+        let starts = {
             let mut st = entry.lock();
-            let sequential = end >= window.start + EXTENT_WINDOW_BYTES / 2
-                || st.read_ahead_from.is_some_and(|from| from >= window.start);
-            if !sequential {
-                return;
+            let starts = read_ahead_starts(&st, window, end);
+            if let Some(last) = starts.last() {
+                st.read_ahead_from = Some(*last);
             }
-            for k in 0..READ_AHEAD_WINDOWS {
-                let start = window.end + k * EXTENT_WINDOW_BYTES;
-                if start >= window.size {
-                    break;
-                }
-                if st.read_ahead_from.is_none_or(|from| from < start) {
-                    st.read_ahead_from = Some(start);
-                    starts.push(start);
-                }
-            }
-        }
+            starts
+        };
         for start in starts {
             let (client, chunks) = (self.client.clone(), self.chunks.clone());
             tokio::spawn(async move {
@@ -873,6 +870,22 @@ fn inline_extents(snapshot: &DirtyBuffer) -> Vec<(Extent, Stored)> {
                 Stored::Inline(Arc::new(data)),
             ))
         })
+        .collect()
+}
+
+/// The windows a read in `window` ending at `end` should start fetching ahead: the next
+/// [`READ_AHEAD_WINDOWS`] not fetched ahead yet, if the reader looks sequential (it
+/// reached the second half of the window, or this window was itself read ahead).
+fn read_ahead_starts(st: &InodeData, window: &ExtentWindow, end: u64) -> Vec<u64> {
+    let sequential = end >= window.start + EXTENT_WINDOW_BYTES / 2
+        || st.read_ahead_from.is_some_and(|from| from >= window.start);
+    if !sequential {
+        return Vec::new();
+    }
+    (0..READ_AHEAD_WINDOWS)
+        .map(|k| window.end + k * EXTENT_WINDOW_BYTES)
+        .take_while(|start| *start < window.size)
+        .filter(|start| st.read_ahead_from.is_none_or(|from| from < *start))
         .collect()
 }
 

@@ -474,13 +474,16 @@ async fn chunk_gets_reaching(fake: &Fake, n: usize) -> usize {
 
 #[tokio::test]
 async fn a_sequential_reader_finds_the_next_windows_fetched_ahead() {
+    use super::data::READ_AHEAD_WINDOWS;
     use super::extents::EXTENT_WINDOW_BYTES;
     let fake = fake::new_fake();
     let fs = mount(&fake, FsConfig::default()).await;
     let (ino, fh) = new_file(&fs, "big").await;
     let window = EXTENT_WINDOW_BYTES as usize;
-    // Four windows, each its own chunk (distinct bytes, so distinct ids).
-    for w in 0..4u8 {
+    let ahead = READ_AHEAD_WINDOWS as usize;
+    let windows = u8::try_from(ahead + 2).unwrap();
+    // Windows each its own chunk (distinct bytes, so distinct ids).
+    for w in 0..windows {
         fs.write(ino, fh, (w as usize * window) as u64, &vec![w + 1; window])
             .await
             .unwrap();
@@ -489,13 +492,13 @@ async fn a_sequential_reader_finds_the_next_windows_fetched_ahead() {
 
     let reader = mount(&fake, FsConfig::default()).await;
     let fh = reader.open(ino, false).await.unwrap();
-    // A read in the second half of the first window looks sequential: the next two
-    // windows are fetched ahead, the last one not yet.
+    // A read in the second half of the first window looks sequential: the next
+    // READ_AHEAD_WINDOWS windows are fetched ahead, the last one not yet.
     let half = (window / 2) as u64;
     let got = reader.read(ino, fh, half, 1024).await.unwrap();
     assert_eq!(got, vec![1u8; 1024]);
-    assert_eq!(chunk_gets_reaching(&fake, 3).await, 3);
-    // Reading them costs no further fetch; the fourth window is fetched ahead then.
+    assert_eq!(chunk_gets_reaching(&fake, 1 + ahead).await, 1 + ahead);
+    // Reading them costs no further fetch; the last window is fetched ahead then.
     let got = reader
         .read(ino, fh, EXTENT_WINDOW_BYTES + half, 1024)
         .await
@@ -506,7 +509,12 @@ async fn a_sequential_reader_finds_the_next_windows_fetched_ahead() {
         .await
         .unwrap();
     assert_eq!(got, vec![3u8; 1024]);
-    assert_eq!(chunk_gets_reaching(&fake, 4).await, 4);
+    assert_eq!(chunk_gets_reaching(&fake, 2 + ahead).await, 2 + ahead);
+    // A read the cache can answer (its window is cached, nothing more to fetch ahead)
+    // is answered without waiting, and says what the waiting read says.
+    let offset = EXTENT_WINDOW_BYTES * 2 + 4096;
+    let local = reader.read_local(ino, fh, offset, 1024).expect("cached");
+    assert_eq!(local, reader.read(ino, fh, offset, 1024).await.unwrap());
 }
 
 #[tokio::test]
@@ -540,10 +548,11 @@ async fn inline_bytes_and_clean_closes_are_answered_without_waiting() {
     assert!(reader.flush_is_noop(small, 7));
     reader.release(small, fh).await.unwrap();
 
-    // Bytes on data nodes are never read here.
+    // Bytes on data nodes are read here only once a read brought them into the cache.
     let fh = reader.open(big, false).await.unwrap();
-    let _ = reader.read(big, fh, 0, 10).await.unwrap();
     assert!(reader.read_local(big, fh, 0, 10).is_none());
+    let waited = reader.read(big, fh, 0, 10).await.unwrap();
+    assert_eq!(reader.read_local(big, fh, 0, 10).expect("cached"), waited);
     reader.release(big, fh).await.unwrap();
 }
 
