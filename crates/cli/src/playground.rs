@@ -17,6 +17,13 @@ use crate::mount::{self, MountArgs};
 
 /// How long a node may take to start and elect a leader.
 const NODE_READY_MS: u64 = 30_000;
+
+/// How long a freshly started node may take to log that it serves before the playground
+/// goes on without that sign, in milliseconds.
+const NODE_START_MS: u64 = 5_000;
+
+/// Ports tried for one node's first start.
+const LAUNCH_ATTEMPTS_MAX: u32 = 3;
 /// Most nodes a playground starts.
 const NODES_MAX: u32 = 9;
 /// How long a stopped process may take to exit after SIGTERM before SIGKILL.
@@ -205,6 +212,56 @@ fn alive(pid: u32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
+/// Starts node `i` of `state` for the first time on a free port picked now (a port picked
+/// ahead and released could be taken by any other socket before the node binds it), with
+/// the config `write_config` writes for that address; on another port if the node exits
+/// at once (its port was taken between the pick and its bind), at most
+/// [`LAUNCH_ATTEMPTS_MAX`] times.
+fn launch(
+    dir: &Path,
+    state: &mut State,
+    i: usize,
+    write_config: impl Fn(SocketAddr) -> Result<()>,
+) -> Result<()> {
+    let ip = state.nodes[i].addr.ip();
+    let id = state.nodes[i].id;
+    for attempt in 1..=LAUNCH_ATTEMPTS_MAX {
+        let addr = free_port(ip)?;
+        state.nodes[i].addr = addr;
+        write_config(addr)?;
+        start_node(dir, &mut state.nodes[i])?;
+        if serving_soon(dir, &state.nodes[i]) {
+            return Ok(());
+        }
+        eprintln!("node {id} exited at start on {addr} (attempt {attempt}); trying another port");
+    }
+    bail!("node {id} did not start in {LAUNCH_ATTEMPTS_MAX} attempts (see its plaitd.log)")
+}
+
+/// False if `node` exited before its log said it serves (within [`NODE_START_MS`]); true
+/// once it serves, or if it is still running then.
+fn serving_soon(dir: &Path, node: &NodeEntry) -> bool {
+    let Some(pid) = node.pid else {
+        return false;
+    };
+    let log = node_dir(dir, node.id).join("plaitd.log");
+    let deadline = Instant::now() + Duration::from_millis(NODE_START_MS);
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(&log).is_ok_and(|text| text.contains("plaitd serving")) {
+            return true;
+        }
+        if let Ok(p) = i32::try_from(pid) {
+            // SAFETY: non-blocking waitpid on our own child: reaps it if it exited.
+            let reaped = unsafe { libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG) };
+            if reaped == p {
+                return false;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    alive(pid)
+}
+
 fn start_node(dir: &Path, node: &mut NodeEntry) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let ndir = node_dir(dir, node.id);
@@ -328,18 +385,19 @@ async fn up(dir: &Path, args: UpArgs<'_>) -> Result<()> {
     cluster::issue_node_cert(&tls, &ca, 1)?;
     for id in 1..=u64::from(nodes) {
         std::fs::create_dir_all(node_dir(dir, id))?;
-        let addr = free_port(node_ip(id, distinct_ips)?)?;
         state.nodes.push(NodeEntry {
             id,
-            addr,
+            // Picked when the node starts (see `launch`).
+            addr: SocketAddr::new(node_ip(id, distinct_ips)?, 0),
             pid: None,
             extra_args: extra.to_vec(),
         });
     }
     let first_dir = node_dir(dir, 1);
-    let config = cluster::node_config(1, state.nodes[0].addr, &first_dir.join("data"), &tls, true);
-    cluster::write_file(&first_dir.join("plaitd.toml"), &config, false)?;
-    start_node(dir, &mut state.nodes[0])?;
+    launch(dir, &mut state, 0, |addr| {
+        let config = cluster::node_config(1, addr, &first_dir.join("data"), &tls, true);
+        cluster::write_file(&first_dir.join("plaitd.toml"), &config, false)
+    })?;
     save(dir, &state)?;
     let mut first = conn(dir, &state);
     first.nodes.truncate(1);
@@ -359,14 +417,11 @@ async fn up(dir: &Path, args: UpArgs<'_>) -> Result<()> {
             .await
             .with_context(|| format!("creating a join token for node {id}"))?;
         let ndir = node_dir(dir, id);
-        let config = cluster::joining_node_config(
-            state.nodes[i].addr,
-            &ndir.join("data"),
-            &token,
-            Some(&ca_key),
-        );
-        cluster::write_file(&ndir.join("plaitd.toml"), &config, false)?;
-        start_node(dir, &mut state.nodes[i])?;
+        launch(dir, &mut state, i, |addr| {
+            let config =
+                cluster::joining_node_config(addr, &ndir.join("data"), &token, Some(&ca_key));
+            cluster::write_file(&ndir.join("plaitd.toml"), &config, false)
+        })?;
         save(dir, &state)?;
         wait_member(&client, id, state.nodes[i].addr, role.votes()).await?;
     }

@@ -52,6 +52,16 @@ pub(crate) struct FakeState {
     pub(crate) chunk_gets: usize,
     /// Number of chunk puts refused because of `fail_puts`.
     pub(crate) chunk_puts_failed: usize,
+    /// Sessions opened (`OpenSession`), by id; the next id is one more than the count.
+    pub(crate) sessions: usize,
+    /// Directories delegated (`DelegateDir`) → the holding session.
+    pub(crate) dir_holders: HashMap<Ino, u64>,
+    /// Refusals the next `DirBatch`es get, in order (fault injection).
+    pub(crate) fail_batches: std::collections::VecDeque<ErrorCode>,
+    /// A `DirBatch` creating this name is refused with `InvalidArgument`.
+    pub(crate) refuse_batch_name: Option<Vec<u8>>,
+    /// Files per `DirBatch` received (refused ones included).
+    pub(crate) batches: Vec<usize>,
 }
 
 /// A shared fake cluster.
@@ -338,6 +348,36 @@ impl FakeState {
                     .insert(name.clone(), value.clone());
                 Ok(MetaReply::Empty)
             }
+            MetaOp::OpenSession { lease_ms, client } => {
+                self.sessions += 1;
+                let now = self.now();
+                Ok(MetaReply::Session(plait_proto::lock::SessionInfo {
+                    id: self.sessions as u64,
+                    lease_ms: *lease_ms,
+                    client: client.clone(),
+                    opened: now,
+                    expires: now,
+                }))
+            }
+            MetaOp::DelegateDir { dir, session } => {
+                if self.dir_holders.get(dir).is_some_and(|h| h != session) {
+                    return Ok(MetaReply::DirBusy);
+                }
+                self.dir_holders.insert(*dir, *session);
+                let first_ino = self.next_ino;
+                self.next_ino += plait_proto::meta::DIR_INO_RANGE;
+                Ok(MetaReply::DirDelegated {
+                    first_ino,
+                    count: plait_proto::meta::DIR_INO_RANGE,
+                })
+            }
+            MetaOp::ReturnDirDelegation { dir, session } => {
+                if self.dir_holders.get(dir) == Some(session) {
+                    self.dir_holders.remove(dir);
+                }
+                Ok(MetaReply::Empty)
+            }
+            MetaOp::DirBatch { dir, session, ops } => self.dir_batch(*dir, *session, ops),
             MetaOp::RemoveXattr { ino, name } => self
                 .xattrs
                 .get_mut(ino)
@@ -380,6 +420,60 @@ impl FakeState {
         self.attrs.insert(ino, attr.clone());
         self.dentries.insert((parent, name.to_vec()), ino);
         Ok(MetaReply::Attr(attr))
+    }
+
+    /// `DirBatch`, all or nothing: a fault injected first, then each op in order.
+    fn dir_batch(
+        &mut self,
+        dir: Ino,
+        session: u64,
+        ops: &[plait_proto::meta::DirBatchOp],
+    ) -> Result<MetaReply, RpcError> {
+        use plait_proto::meta::DirBatchOp;
+        let files = ops
+            .iter()
+            .filter(|op| matches!(op, DirBatchOp::CreateFile { .. }))
+            .count();
+        self.batches.push(files);
+        if let Some(code) = self.fail_batches.pop_front() {
+            return Err(err(code));
+        }
+        if self.dir_holders.get(&dir) != Some(&session) {
+            return Err(err(ErrorCode::Stale));
+        }
+        let refused = ops.iter().any(|op| {
+            matches!(op, DirBatchOp::CreateFile { name, .. }
+                if self.refuse_batch_name.as_deref() == Some(name.as_slice()))
+        });
+        if refused {
+            return Err(err(ErrorCode::InvalidArgument));
+        }
+        let mut replies = Vec::with_capacity(ops.len());
+        for op in ops {
+            replies.push(match op {
+                DirBatchOp::CreateFile {
+                    name,
+                    ino,
+                    perm,
+                    uid,
+                    gid,
+                } => {
+                    let mut attr = self.new_attr(*ino, FileKind::File, *perm);
+                    attr.uid = *uid;
+                    attr.gid = *gid;
+                    self.attrs.insert(*ino, attr.clone());
+                    self.dentries.insert((dir, name.clone()), *ino);
+                    MetaReply::Attr(attr)
+                }
+                DirBatchOp::Write {
+                    ino,
+                    extents,
+                    inline,
+                    ..
+                } => self.write(*ino, extents, inline)?,
+            });
+        }
+        Ok(MetaReply::Batch(replies))
     }
 
     fn unlink(&mut self, parent: Ino, name: &[u8]) -> Result<MetaReply, RpcError> {

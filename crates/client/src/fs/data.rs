@@ -654,15 +654,17 @@ impl PlaitFs {
     /// the directory's next batch. False: nothing was done, or the close must wait for
     /// the commit after all (take [`Self::flush`]).
     pub(super) fn queue_close(&self, ino: Ino) -> bool {
-        if !self.close_may_queue(ino) {
-            return false;
-        }
         let Some(entry) = self.inode_entry(ino) else {
             return false;
         };
         let Ok(flush_guard) = entry.flush_lock.try_lock() else {
             return false;
         };
+        // Checked under the flush lock: a file is only ever queued under it, so it stays
+        // unqueued (and its bytes go with its create) until this returns.
+        if !self.close_may_queue(ino) {
+            return false;
+        }
         // One `Write` of inline bytes (as `write_batches` would cut it).
         let inline_only = {
             let st = entry.lock();
@@ -682,7 +684,8 @@ impl PlaitFs {
         let batches = write_batches(&stored);
         let writes = batches.iter().map(|b| self.batch_write(ino, b)).collect();
         // Holding the flush lock of a pending, unqueued file: nobody else can queue or
-        // commit it, so this queues it.
+        // commit it, so this queues it with its bytes (`Done` or `Wait`, never
+        // `WaitThenOrdinary`, which only an already queued file gets).
         let next = self.queue_created(ino, writes, CommitWait::Queued);
         let result = match next {
             Some(_) => Ok(()),

@@ -576,7 +576,7 @@ impl PlaitFs {
         wait: CommitWait,
     ) -> Result<bool, FsError> {
         let Some(next) = self.queue_created(ino, writes, wait) else {
-            return Ok(false);
+            return self.take_failure(ino).map_or(Ok(false), |e| Err(e.into()));
         };
         match next {
             AfterQueue::Done => Ok(true),
@@ -726,11 +726,17 @@ impl PlaitFs {
         }
     }
 
+    /// The refusal of `ino`'s batch, if it was refused and nobody was told yet (the next
+    /// fsync or close of the file reports it, as a failed write-back is reported).
+    fn take_failure(&self, ino: Ino) -> Option<RpcError> {
+        lock(&self.dir_delegations.inner).failed.remove(&ino)
+    }
+
     /// A close of a file with no state left on this mount: nothing to commit, unless it
     /// is a file created here that was never flushed (queue it).
     pub(super) async fn queued_close(&self, ino: Ino) -> Result<(), FsError> {
         if self.pending_dir(ino).is_none() {
-            return Ok(());
+            return self.take_failure(ino).map_or(Ok(()), |e| Err(e.into()));
         }
         self.flush_pending(ino, CommitWait::Queued).await
     }
@@ -739,7 +745,7 @@ impl PlaitFs {
     /// buffered bytes), so the group knows it before an operation that needs that.
     pub(super) async fn settle_pending(&self, ino: Ino) -> Result<(), FsError> {
         if self.pending_dir(ino).is_none() {
-            return Ok(());
+            return self.take_failure(ino).map_or(Ok(()), |e| Err(e.into()));
         }
         self.flush_pending(ino, CommitWait::Committed).await
     }

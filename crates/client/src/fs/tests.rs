@@ -669,3 +669,122 @@ async fn chunks_completed_while_a_flush_behind_runs_follow_it_without_a_close() 
     fs.release(ino, fh).await.unwrap();
     serving.abort();
 }
+
+/// A mount of the fake with a session and the close-behind batch task running (abort
+/// the handle at the end).
+async fn mount_closing_behind(fake: &Fake) -> (Arc<PlaitFs>, tokio::task::JoinHandle<()>) {
+    let fs = Arc::new(mount(fake, FsConfig::default()).await);
+    let session = crate::session::Session::open(fs.client().clone(), 10_000, "test".into())
+        .await
+        .unwrap();
+    fs.set_session(session);
+    let serving = tokio::spawn(fs.clone().serve_dir_batches());
+    (fs, serving)
+}
+
+/// Creates `name` in the root with `bytes` and closes it (FUSE flush, then release).
+async fn create_and_close(fs: &PlaitFs, name: &str, bytes: &[u8]) -> Ino {
+    let (ino, fh) = new_file(fs, name).await;
+    fs.write(ino, fh, 0, bytes).await.unwrap();
+    fs.flush(ino).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    ino
+}
+
+/// The committed inode of `name` in the root, if the fake has it.
+fn committed(fake: &Fake, name: &str) -> Option<Ino> {
+    state(fake)
+        .dentries
+        .get(&(ROOT, name.as_bytes().to_vec()))
+        .copied()
+}
+
+#[tokio::test]
+async fn closes_under_a_held_directory_are_committed_in_batches_and_fsync_waits() {
+    let fake = fake::new_fake();
+    let (fs, serving) = mount_closing_behind(&fake).await;
+    let mut inos = Vec::new();
+    for i in 0..20 {
+        inos.push(create_and_close(&fs, &format!("f{i}"), format!("bytes {i}").as_bytes()).await);
+    }
+    // The third create asked for the directory; the rest were created here and queued.
+    assert!(state(&fake).dir_holders.contains_key(&ROOT));
+    fs.fsync(inos[19]).await.unwrap();
+    for (i, ino) in inos.iter().enumerate() {
+        assert_eq!(committed(&fake, &format!("f{i}")), Some(*ino), "f{i}");
+        assert_eq!(
+            state(&fake).file_bytes(*ino),
+            format!("bytes {i}").as_bytes()
+        );
+    }
+    let batches = state(&fake).batches.clone();
+    let files: usize = batches.iter().sum();
+    assert!(files >= 17, "{batches:?}");
+    assert!(
+        batches.len() < files,
+        "no batch carried two files: {batches:?}"
+    );
+    serving.abort();
+}
+
+#[tokio::test]
+async fn a_batch_refused_for_a_passing_reason_is_sent_again() {
+    let fake = fake::new_fake();
+    let (fs, serving) = mount_closing_behind(&fake).await;
+    state(&fake)
+        .fail_batches
+        .extend([ErrorCode::Unavailable, ErrorCode::NotLeader]);
+    let mut inos = Vec::new();
+    for i in 0..6 {
+        inos.push(create_and_close(&fs, &format!("r{i}"), b"again").await);
+    }
+    fs.fsync(inos[5]).await.unwrap();
+    for (i, ino) in inos.iter().enumerate() {
+        assert_eq!(committed(&fake, &format!("r{i}")), Some(*ino), "r{i}");
+        assert_eq!(state(&fake).file_bytes(*ino), b"again");
+    }
+    assert!(state(&fake).fail_batches.is_empty());
+    serving.abort();
+}
+
+#[tokio::test]
+async fn a_file_refused_for_good_fails_alone() {
+    let fake = fake::new_fake();
+    let (fs, serving) = mount_closing_behind(&fake).await;
+    state(&fake).refuse_batch_name = Some(b"bad".to_vec());
+    for i in 0..3 {
+        create_and_close(&fs, &format!("warm{i}"), b"w").await;
+    }
+    let good1 = create_and_close(&fs, "good1", b"one").await;
+    let bad = create_and_close(&fs, "bad", b"refused").await;
+    let good2 = create_and_close(&fs, "good2", b"two").await;
+    // The refused file's sync reports it; the others are committed.
+    let err = fs.fsync(bad).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EINVAL, "{err}");
+    fs.fsync(good2).await.unwrap();
+    fs.fsync(good1).await.unwrap();
+    assert_eq!(committed(&fake, "good1"), Some(good1));
+    assert_eq!(committed(&fake, "good2"), Some(good2));
+    assert_eq!(committed(&fake, "bad"), None);
+    assert_eq!(state(&fake).file_bytes(good2), b"two");
+    serving.abort();
+}
+
+#[tokio::test]
+async fn queued_files_of_a_lost_delegation_are_dropped_and_their_sync_fails() {
+    let fake = fake::new_fake();
+    let (fs, serving) = mount_closing_behind(&fake).await;
+    let mut warm = 0;
+    for i in 0..3 {
+        warm = create_and_close(&fs, &format!("warm{i}"), b"w").await;
+    }
+    fs.fsync(warm).await.unwrap();
+    state(&fake)
+        .fail_batches
+        .push_back(ErrorCode::SessionExpired);
+    let lost = create_and_close(&fs, "lost", b"never committed").await;
+    let err = fs.fsync(lost).await.unwrap_err();
+    assert_eq!(err.errno(), ErrorCode::SessionExpired.errno(), "{err}");
+    assert_eq!(committed(&fake, "lost"), None);
+    serving.abort();
+}
