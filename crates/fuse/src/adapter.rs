@@ -20,7 +20,7 @@ use fuser::{
     ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
     Request, TimeOrNow, WriteFlags,
 };
-use plait_client::fs::{DirListing, DirSlot, FsError, LockCall, OpenIntent, PlaitFs};
+use plait_client::fs::{DirListing, DirSlot, FsError, LockCall, NewFile, OpenIntent, PlaitFs};
 use plait_proto::lock::LockType;
 use plait_proto::meta::{NewKind, SetAttr};
 use plait_proto::{Attr, FileKind, Ino, NAME_MAX_BYTES};
@@ -859,11 +859,15 @@ impl Filesystem for PlaitFuse {
         let (perm, uid, gid) = (new_perm(mode, umask), req.uid(), req.gid());
         let intent = OpenIntent::from_flags(flags);
         // In a directory this mount holds: created here, without a task hop.
-        match self
-            .ctx
-            .fs
-            .create_local(parent, &name, perm, uid, gid, intent)
-        {
+        let new = NewFile {
+            parent,
+            name: &name,
+            perm,
+            uid,
+            gid,
+            intent,
+        };
+        match self.ctx.fs.create_local(&new) {
             Some(Ok((attr, fh))) => {
                 return reply.created(
                     &self.ctx.entry_ttl,

@@ -16,7 +16,7 @@ use super::dir_delegation::CommitWait;
 use super::dirty::{DirtyBuffer, Piece};
 use super::extents::{EXTENT_WINDOW_BYTES, ExtentWindow, assemble, chunks_needed, window_for};
 use super::inode::{InodeData, InodeEntry};
-use super::names::{OpenIntent, check_name, may_open};
+use super::names::{NewFile, OpenIntent, check_name, may_open};
 use super::write_behind::WRITE_BEHIND_MIN_CHUNKS;
 use crate::{ClusterClient, StoredChunk};
 
@@ -106,10 +106,15 @@ impl PlaitFs {
         intent: OpenIntent,
     ) -> Result<(Attr, u64), FsError> {
         check_name(name)?;
-        if let Some(created) = self
-            .create_delegated(parent, name, perm, uid, gid, intent)
-            .await?
-        {
+        let new = NewFile {
+            parent,
+            name,
+            perm,
+            uid,
+            gid,
+            intent,
+        };
+        if let Some(created) = self.create_delegated(&new).await? {
             return Ok(created);
         }
         let op = MetaOp::Create {

@@ -35,7 +35,7 @@ use plait_proto::{
 };
 use tracing::{debug, warn};
 
-use super::{FsError, OpenIntent, PlaitFs, check_name, lock, unexpected};
+use super::{FsError, NewFile, PlaitFs, check_name, lock, unexpected};
 
 /// Creates in one directory within [`DIR_INTEREST_WINDOW_MS`] after which the mount asks
 /// for the directory. A grant costs a commit and a listing of the directory, and its
@@ -318,17 +318,12 @@ impl PlaitFs {
     /// few creates there). `None`: create the ordinary way.
     pub(super) async fn create_delegated(
         &self,
-        parent: Ino,
-        name: &[u8],
-        perm: u16,
-        uid: u32,
-        gid: u32,
-        intent: OpenIntent,
+        new: &NewFile<'_>,
     ) -> Result<Option<(Attr, u64)>, FsError> {
-        if !self.config.delegate_dirs || !self.ensure_dir(parent).await {
+        if !self.config.delegate_dirs || !self.ensure_dir(new.parent).await {
             return Ok(None);
         }
-        match self.create_held(parent, name, perm, uid, gid, intent) {
+        match self.create_held(new) {
             HeldCreate::Created(attr) => {
                 let fh = self.open_created(&attr);
                 Ok(Some((attr, fh)))
@@ -347,19 +342,11 @@ impl PlaitFs {
     /// A create answered in the kernel request's thread: only when `parent` is held with
     /// numbers to spare and the name is new (or an O_EXCL create of a name created here).
     /// `None`: take [`Self::create`].
-    pub fn create_local(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        perm: u16,
-        uid: u32,
-        gid: u32,
-        intent: OpenIntent,
-    ) -> Option<Result<(Attr, u64), FsError>> {
-        if !self.config.delegate_dirs || check_name(name).is_err() {
+    pub fn create_local(&self, new: &NewFile<'_>) -> Option<Result<(Attr, u64), FsError>> {
+        if !self.config.delegate_dirs || check_name(new.name).is_err() {
             return None;
         }
-        match self.create_held(parent, name, perm, uid, gid, intent) {
+        match self.create_held(new) {
             HeldCreate::Created(attr) => {
                 let fh = self.open_created(&attr);
                 Some(Ok((attr, fh)))
@@ -370,15 +357,15 @@ impl PlaitFs {
     }
 
     /// The part of a create under a held directory that needs no request.
-    fn create_held(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        perm: u16,
-        uid: u32,
-        gid: u32,
-        intent: OpenIntent,
-    ) -> HeldCreate {
+    fn create_held(&self, new: &NewFile<'_>) -> HeldCreate {
+        let &NewFile {
+            parent,
+            name,
+            perm,
+            uid,
+            gid,
+            intent,
+        } = new;
         let mut inner = lock(&self.dir_delegations.inner);
         let Some(dir) = inner.dirs.get_mut(&parent) else {
             return HeldCreate::NotHere;

@@ -47,7 +47,9 @@ pub use dir::{DirListing, DirSlot};
 pub use dirty::{DirtyBuffer, Piece};
 pub use extents::{EXTENT_WINDOW_BYTES, ExtentWindow, assemble, chunks_needed, window_for};
 pub use locks::LockCall;
-pub use names::{OpenIntent, check_name, check_symlink_target, check_xattr_name, may_open};
+pub use names::{
+    NewFile, OpenIntent, check_name, check_symlink_target, check_xattr_name, may_open,
+};
 
 use crate::{ClusterClient, Replication};
 use chunk_io::ChunkIo;

@@ -3,7 +3,7 @@
 //! one open the kernel did not check itself.
 
 use plait_proto::{
-    Attr, ErrorCode, NAME_MAX_BYTES, RpcError, SYMLINK_MAX_BYTES, XATTR_NAME_MAX_BYTES,
+    Attr, ErrorCode, Ino, NAME_MAX_BYTES, RpcError, SYMLINK_MAX_BYTES, XATTR_NAME_MAX_BYTES,
 };
 
 /// Checks a file name component: 1..=255 bytes, no `/`, no NUL, not `.` or `..`.
@@ -52,6 +52,24 @@ pub fn check_xattr_name(name: &[u8]) -> Result<(), RpcError> {
         ));
     }
     Ok(())
+}
+
+/// A regular file a create asks for: `name` in `parent`, with permission bits (the umask
+/// applied), owner, and what the open asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct NewFile<'a> {
+    /// The directory.
+    pub parent: Ino,
+    /// The name.
+    pub name: &'a [u8],
+    /// Permission bits.
+    pub perm: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group (the directory's if it is setgid).
+    pub gid: u32,
+    /// The open flags.
+    pub intent: OpenIntent,
 }
 
 /// What an `open`/`create` asks for, decoded from the open(2) flags.
