@@ -8,7 +8,8 @@
 //! <root>/tmp/<64 hex>.<pid>.<counter>.tmp        writes in progress (removed by `open`)
 //! ```
 //!
-//! Durability: a chunk is written to a temporary file, fsynced, renamed into place and its
+//! Durability: a chunk is written to a temporary file (large ones around the page cache,
+//! see `direct`), fsynced, renamed into place and its
 //! directory fsynced, so after a crash a chunk file is either complete or absent. Every read
 //! re-hashes the bytes, so a corrupt file is reported ([`ChunkError::Corrupt`]) and its bytes
 //! never reach a caller.
@@ -19,8 +20,8 @@
 #![warn(missing_docs)]
 
 use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use plait_proto::{CHUNK_MAX_BYTES, ChunkId, ErrorCode};
+
+mod direct;
 
 /// Name of the directory (under the store root) that holds writes in progress.
 const TMP_DIR_NAME: &str = "tmp";
@@ -114,6 +117,8 @@ pub struct ChunkStore {
     stripes: Vec<Mutex<()>>,
     /// Makes temporary file names unique within this process.
     tmp_counter: AtomicU64,
+    /// Aligned buffers for writing large chunks around the page cache.
+    direct_buffers: direct::BufferPool,
 }
 
 impl ChunkStore {
@@ -149,6 +154,7 @@ impl ChunkStore {
             tmp_dir,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             tmp_counter: AtomicU64::new(0),
+            direct_buffers: direct::BufferPool::default(),
         })
     }
 
@@ -420,13 +426,9 @@ impl ChunkStore {
             id.to_hex(),
             std::process::id()
         ));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)?;
-        let written = file.write_all(data).and_then(|()| file.sync_all());
+        let written = direct::create_with(&tmp_path, data, &self.direct_buffers, CHUNK_MAX_BYTES)
+            .and_then(|file| file.sync_all());
         if let Err(e) = written {
-            drop(file);
             remove_quietly(&tmp_path);
             let err = ChunkError::from(e);
             if matches!(err, ChunkError::NoSpace) {
