@@ -198,7 +198,8 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
 }
 
 /// QUIC transport settings shared by both sides: keep-alives so a dead peer is noticed
-/// within `idle_timeout_ms`, and a bound on the streams the peer may open concurrently.
+/// within `idle_timeout_ms`, a bound on the streams the peer may open concurrently, and
+/// path MTU discovery up to [`DATAGRAM_PAYLOAD_MAX_BYTES`](crate::socket::DATAGRAM_PAYLOAD_MAX_BYTES).
 pub(crate) fn transport(
     idle_timeout_ms: u64,
     peer_bidi_streams_max: u32,
@@ -222,5 +223,8 @@ pub(crate) fn transport(
         .keep_alive_interval(Some(Duration::from_millis(keep_alive_ms)))
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_bidi_streams_max))
         .max_concurrent_uni_streams(VarInt::from_u32(0));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(crate::socket::DATAGRAM_PAYLOAD_MAX_BYTES);
+    transport.mtu_discovery_config(Some(mtu));
     Ok(transport)
 }
