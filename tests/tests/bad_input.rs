@@ -49,7 +49,9 @@ async fn malformed_frames_and_foreign_certificates_are_refused() {
     // Random garbage, truncated frames, an oversized frame: each gets an error or a closed
     // stream, and the node keeps serving.
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EED);
-    let valid = plait_proto::encode(&plait_proto::Envelope::new(Request::NodeStatus)).unwrap();
+    let valid = plait_proto::encode_frame(plait_proto::Envelope::new(Request::NodeStatus))
+        .unwrap()
+        .into_vec();
     let mut frames: Vec<Vec<u8>> = vec![vec![], valid[..valid.len() - 1].to_vec()];
     for _ in 0..200 {
         let len = rng.random_range(0..2048);
@@ -59,7 +61,7 @@ async fn malformed_frames_and_foreign_certificates_are_refused() {
     for frame in &frames {
         if let Ok(bytes) = client.call_raw(addr, frame, Duration::from_secs(5)).await {
             let resp: Response =
-                plait_proto::decode(&bytes).expect("node answers with a valid frame");
+                plait_proto::decode_frame(bytes).expect("node answers with a valid frame");
             assert!(
                 matches!(resp, Response::Error(_)),
                 "garbage accepted: {resp:?}"

@@ -30,8 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use plait_net::{NetError, RpcClient, TlsIdentity};
+use plait_net::{EncodedRequest, NetError, RpcClient, TlsIdentity};
 use plait_proto::{
     ChunkId, ErrorCode, MetaOp, MetaQuery, MetaReply, MissingCopy, NodeId, NodeInfo, NodeStatus,
     Request, Response, RpcError, StateDigest,
@@ -181,22 +180,18 @@ impl Transport {
         }
     }
 
-    /// Like [`Self::call`] with `req` already encoded as `frame` (a request sent to
+    /// Like [`Self::call`] for a request already encoded (a request sent to
     /// several nodes is encoded once).
     async fn call_encoded(
         &self,
         addr: SocketAddr,
-        req: &Request,
-        frame: &Bytes,
+        frame: &EncodedRequest,
         timeout: Duration,
     ) -> Result<Response, NetError> {
         match self {
-            Transport::Net(rpc) => {
-                let _ = req; // the fake needs it; the network sends the frame
-                rpc.call_encoded(addr, frame, timeout).await
-            }
+            Transport::Net(rpc) => rpc.call_encoded(addr, frame, timeout).await,
             #[cfg(test)]
-            Transport::Fake(_) => self.call(addr, req, timeout).await,
+            Transport::Fake(_) => self.call(addr, &frame.decode()?, timeout).await,
         }
     }
 }
@@ -560,9 +555,10 @@ impl ClusterClient {
                 ),
             ));
         }
-        let req = Request::ChunkPut { id, data };
-        let frame = plait_net::encode_request(&req).map_err(|e| net_error(&e))?;
-        let req = Arc::new((req, frame));
+        // Encoded once, its bytes moved into the frame and shared by every replica's send.
+        let frame = plait_net::encode_request_owned(Request::ChunkPut { id, data })
+            .map_err(|e| net_error(&e))?;
+        let frame = Arc::new(frame);
         let deadline = Instant::now() + self.op_timeout;
         let stored = StoredChunk {
             id,
@@ -572,11 +568,10 @@ impl ClusterClient {
         let mut set = JoinSet::new();
         for (node, addr) in targets {
             let transport = self.transport.clone();
-            let req = req.clone();
+            let frame = frame.clone();
             let rpc_timeout = self.rpc_timeout;
             set.spawn(async move {
-                let (req, frame) = &*req;
-                let result = put_replica(&transport, addr, req, frame, rpc_timeout, deadline).await;
+                let result = put_replica(&transport, addr, &frame, rpc_timeout, deadline).await;
                 (node, addr, result)
             });
         }
@@ -997,8 +992,7 @@ fn meta_reply(r: Response) -> Result<MetaReply, RpcError> {
 async fn put_replica(
     transport: &Transport,
     addr: SocketAddr,
-    req: &Request,
-    frame: &Bytes,
+    frame: &EncodedRequest,
     rpc_timeout: Duration,
     deadline: Instant,
 ) -> Result<(), RpcError> {
@@ -1013,7 +1007,7 @@ async fn put_replica(
             ));
         }
         match transport
-            .call_encoded(addr, req, frame, left.min(rpc_timeout))
+            .call_encoded(addr, frame, left.min(rpc_timeout))
             .await
         {
             Ok(Response::ChunkStored) => return Ok(()),

@@ -42,9 +42,35 @@ enum ExchangeError {
     Other(NetError),
 }
 
-/// Encodes `req` as a request frame for [`RpcClient::call_encoded`].
-pub fn encode_request(req: &Request) -> Result<Bytes, NetError> {
-    Ok(Bytes::from(plait_proto::encode(&Envelope::new(req))?))
+/// A request frame ready to send, cheap to clone: a request sent to several peers (a chunk
+/// to its replicas) is encoded once and its bytes shared by every send.
+#[derive(Debug, Clone)]
+pub struct EncodedRequest {
+    bulk: Bytes,
+    head: Bytes,
+}
+
+impl EncodedRequest {
+    /// Decodes the frame back into its request, as a node would (for in-process fakes).
+    pub fn decode(&self) -> Result<Request, NetError> {
+        let frame = [self.bulk.as_ref(), self.head.as_ref()].concat();
+        Ok(plait_proto::decode_frame::<Envelope<Request>>(frame)?.body)
+    }
+}
+
+/// Encodes `req` as a request frame for [`RpcClient::call_encoded`]. A chunk's bytes are
+/// copied once into the frame's bulk; use [`encode_request_owned`] to move them instead.
+pub fn encode_request(req: &Request) -> Result<EncodedRequest, NetError> {
+    encode_request_owned(req.clone())
+}
+
+/// Encodes `req` as a request frame, moving its bulk (a chunk's bytes) without a copy.
+pub fn encode_request_owned(req: Request) -> Result<EncodedRequest, NetError> {
+    let frame = plait_proto::encode_frame(Envelope::new(req))?;
+    Ok(EncodedRequest {
+        bulk: Bytes::from(frame.bulk),
+        head: Bytes::from(frame.head),
+    })
 }
 
 impl RpcClient {
@@ -123,7 +149,14 @@ impl RpcClient {
         req: &Request,
         timeout: Duration,
     ) -> Result<Response, NetError> {
-        let frame = encode_request(req)?;
+        let frame = match req {
+            // Only a chunk has bulk worth not cloning; everything else is small.
+            Request::ChunkPut { .. } => encode_request(req)?,
+            _ => EncodedRequest {
+                bulk: Bytes::new(),
+                head: Bytes::from(plait_proto::encode_frame_ref(&Envelope::new(req))?.head),
+            },
+        };
         self.call_encoded(addr, &frame, timeout).await
     }
 
@@ -133,13 +166,13 @@ impl RpcClient {
     pub async fn call_encoded(
         &self,
         addr: SocketAddr,
-        frame: &Bytes,
+        frame: &EncodedRequest,
         timeout: Duration,
     ) -> Result<Response, NetError> {
         let bytes = tokio::time::timeout(timeout, self.call_inner(addr, frame))
             .await
             .map_err(|_| NetError::Timeout)??;
-        Ok(plait_proto::decode(&bytes)?)
+        Ok(plait_proto::decode_frame(bytes)?)
     }
 
     /// Like [`call`](RpcClient::call) but sends `frame` as the request bytes as-is and
@@ -150,13 +183,20 @@ impl RpcClient {
         frame: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, NetError> {
-        let frame = Bytes::copy_from_slice(frame);
+        let frame = EncodedRequest {
+            bulk: Bytes::new(),
+            head: Bytes::copy_from_slice(frame),
+        };
         tokio::time::timeout(timeout, self.call_inner(addr, &frame))
             .await
             .map_err(|_| NetError::Timeout)?
     }
 
-    async fn call_inner(&self, addr: SocketAddr, frame: &Bytes) -> Result<Vec<u8>, NetError> {
+    async fn call_inner(
+        &self,
+        addr: SocketAddr,
+        frame: &EncodedRequest,
+    ) -> Result<Vec<u8>, NetError> {
         let slot = self.slot(addr);
         let (conn, reused) = self.connection(addr, &slot).await?;
         match exchange(&conn, frame).await {
@@ -227,10 +267,13 @@ async fn forget(slot: &Slot, conn: &Connection) {
 }
 
 /// One request/response on a new bidirectional stream.
-async fn exchange(conn: &Connection, frame: &Bytes) -> Result<Vec<u8>, ExchangeError> {
+async fn exchange(conn: &Connection, frame: &EncodedRequest) -> Result<Vec<u8>, ExchangeError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(ExchangeError::Connection)?;
-    // The stream keeps a reference to the frame's bytes instead of copying them.
-    match send.write_chunk(frame.clone()).await {
+    // The stream keeps references to the frame's bytes instead of copying them.
+    match send
+        .write_all_chunks(&mut [frame.bulk.clone(), frame.head.clone()])
+        .await
+    {
         Ok(()) => {
             // Only fails if the stream was already finished or reset: harmless.
             let _ = send.finish();

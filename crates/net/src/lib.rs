@@ -25,7 +25,7 @@ pub mod token;
 use std::fmt;
 use std::path::Path;
 
-pub use client::{RpcClient, encode_request};
+pub use client::{EncodedRequest, RpcClient, encode_request, encode_request_owned};
 pub use server::{REFUSED, Server, ServerLimits, UNAUTHENTICATED_FRAME_MAX_BYTES};
 
 /// DNS name carried (as a SAN) by every certificate the cluster CA issues; clients verify the

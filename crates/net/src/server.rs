@@ -218,18 +218,18 @@ async fn serve_stream<H: Handler>(
             tracing::debug!(%remote, %stream, error = %e, "request stream failed");
             return;
         }
-        Ok(Ok(frame)) => handle_frame(&frame, handler, limits, peer).await,
+        Ok(Ok(frame)) => handle_frame(frame, handler, limits, peer).await,
     };
 
-    let bytes = match plait_proto::encode(&response) {
-        Ok(b) => b,
+    let frame = match plait_proto::encode_frame(response) {
+        Ok(f) => f,
         Err(e) => {
             tracing::error!(%remote, %stream, error = %e, "response could not be encoded");
-            match plait_proto::encode(&Response::Error(RpcError::new(
+            match plait_proto::encode_frame(Response::Error(RpcError::new(
                 ErrorCode::Io,
                 format!("response could not be encoded: {e}"),
             ))) {
-                Ok(b) => b,
+                Ok(f) => f,
                 Err(_) => {
                     let _ = send.reset(STREAM_REFUSED);
                     return;
@@ -239,7 +239,11 @@ async fn serve_stream<H: Handler>(
     };
     let write = async {
         // Handed over, not copied (a chunk is megabytes).
-        send.write_chunk(bytes::Bytes::from(bytes)).await?;
+        send.write_all_chunks(&mut [
+            bytes::Bytes::from(frame.bulk),
+            bytes::Bytes::from(frame.head),
+        ])
+        .await?;
         send.finish()?;
         Ok::<(), quinn::WriteError>(())
     };
@@ -256,16 +260,17 @@ async fn serve_stream<H: Handler>(
 /// Decodes and checks one request frame, then runs the handler (in its own task, bounded
 /// by the request timeout, panics contained).
 async fn handle_frame<H: Handler>(
-    frame: &[u8],
+    frame: Vec<u8>,
     handler: Arc<H>,
     limits: ServerLimits,
     peer: Peer,
 ) -> Response {
     let remote = peer.remote;
-    let envelope: Envelope<Request> = match plait_proto::decode(frame) {
+    let len_bytes = frame.len();
+    let envelope: Envelope<Request> = match plait_proto::decode_frame(frame) {
         Ok(env) => env,
         Err(e) => {
-            tracing::warn!(%remote, len_bytes = frame.len(), error = %e, "malformed request frame");
+            tracing::warn!(%remote, len_bytes, error = %e, "malformed request frame");
             return protocol_error(format!("malformed request: {e}"));
         }
     };

@@ -254,7 +254,9 @@ async fn client_without_certificate_is_refused() {
             .await
             .map_err(|e| e.to_string())?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let frame = plait_proto::encode(&Envelope::new(Request::NodeStatus)).unwrap();
+        let frame = plait_proto::encode_frame(Envelope::new(Request::NodeStatus))
+            .unwrap()
+            .into_vec();
         send.write_all(&frame).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         recv.read_to_end(FRAME_MAX_BYTES)
@@ -268,7 +270,7 @@ async fn client_without_certificate_is_refused() {
     // The handshake succeeds (a joiner has no certificate yet), but the request gets the
     // one generic refusal and never reaches the handler.
     let bytes = result.expect("an answer frame");
-    match plait_proto::decode::<Response>(&bytes).unwrap() {
+    match plait_proto::decode_frame::<Response>(bytes).unwrap() {
         Response::Error(e) => {
             assert_eq!(e.code, plait_proto::ErrorCode::AccessDenied);
             assert_eq!(e.message, plait_net::REFUSED);
@@ -360,11 +362,12 @@ async fn malformed_frames_get_protocol_errors_and_the_server_survives() {
         }
     }
     // Truncations of a valid frame, and the valid frame plus a trailing byte.
-    let valid = plait_proto::encode(&Envelope::new(Request::ChunkPut {
+    let valid = plait_proto::encode_frame(Envelope::new(Request::ChunkPut {
         id: ChunkId([1; 32]),
         data: vec![9; 5000],
     }))
-    .unwrap();
+    .unwrap()
+    .into_vec();
     for cut in [1, 2, 10, 34, 35, 100, valid.len() / 2, valid.len() - 1] {
         frames.push(valid[..cut].to_vec());
     }
@@ -374,7 +377,7 @@ async fn malformed_frames_get_protocol_errors_and_the_server_survives() {
 
     for frame in &frames {
         let is_valid = matches!(
-            plait_proto::decode::<Envelope<Request>>(frame),
+            plait_proto::decode_frame::<Envelope<Request>>(frame.clone()),
             Ok(env) if env.version == PROTOCOL_VERSION
         );
         let result = client.call_raw(addr, frame, CALL_TIMEOUT).await;
@@ -383,7 +386,7 @@ async fn malformed_frames_get_protocol_errors_and_the_server_survives() {
         }
         match result {
             Ok(bytes) => {
-                let resp: Response = plait_proto::decode(&bytes).unwrap();
+                let resp: Response = plait_proto::decode_frame(bytes).unwrap();
                 expect_error(&resp, ErrorCode::Protocol);
             }
             // A closed stream is acceptable for frames the server refused to read.
@@ -410,13 +413,14 @@ async fn wrong_protocol_version_is_refused() {
         handler.clone(),
     );
     let client = RpcClient::new(&cluster.identity("client-1")).unwrap();
-    let frame = plait_proto::encode(&Envelope {
+    let frame = plait_proto::encode_frame(Envelope {
         version: PROTOCOL_VERSION + 1,
         body: Request::NodeStatus,
     })
-    .unwrap();
+    .unwrap()
+    .into_vec();
     let bytes = client.call_raw(addr, &frame, CALL_TIMEOUT).await.unwrap();
-    let resp: Response = plait_proto::decode(&bytes).unwrap();
+    let resp: Response = plait_proto::decode_frame(bytes).unwrap();
     expect_error(&resp, ErrorCode::Protocol);
     assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
     status_ok(&client, addr).await;

@@ -6,20 +6,24 @@
 
 pub mod codec;
 pub mod error;
+pub mod frame;
 pub mod lock;
 pub mod meta;
 pub mod types;
 
 pub use codec::{CodecError, decode, encode};
 pub use error::{ErrorCode, RpcError};
+pub use frame::{Bulk, Frame, decode_frame, encode_frame, encode_frame_ref};
 pub use meta::{HealEntry, HealNodeSummary, MetaOp, MetaQuery, MetaReply, MissingCopy};
 pub use types::*;
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol; a peer that speaks another version is refused with
-/// [`ErrorCode::Protocol`] before its request is looked at.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// [`ErrorCode::Protocol`] before its request is looked at. Version 2 moved chunk bytes out
+/// of the encoded message into the frame's bulk ([`frame`]); a version-1 frame is refused
+/// as malformed.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest chunk, in bytes. Files are cut into chunks of at most this size.
 pub const CHUNK_MAX_BYTES: usize = 4 * 1024 * 1024;
