@@ -6,9 +6,10 @@
 //! token), and clients only talk to servers whose certificate was signed by the same CA and
 //! names [`SERVER_NAME`] (a joiner: by the CA its token pins).
 //!
-//! Framing: one request per bidirectional stream. The client writes one encoded
-//! `Envelope<Request>` and finishes its side; the server answers with one encoded `Response`
-//! and finishes. Both directions are bounded by [`plait_proto::FRAME_MAX_BYTES`].
+//! Framing: one request per bidirectional stream. The client writes one
+//! `Envelope<Request>` frame ([`plait_proto::frame`]: a chunk's raw bytes, then the encoded
+//! rest) and finishes its side; the server answers with one `Response` frame and finishes.
+//! Both directions are bounded by [`plait_proto::FRAME_MAX_BYTES`].
 //!
 //! - [`Server`] accepts connections and streams, and calls a [`Handler`] per request.
 //! - [`RpcClient`] keeps one connection per peer address and sends requests over it.
@@ -33,7 +34,7 @@ pub use server::{REFUSED, Server, ServerLimits, UNAUTHENTICATED_FRAME_MAX_BYTES}
 pub const SERVER_NAME: &str = "plait";
 
 /// ALPN protocol id both sides offer (QUIC requires ALPN). Bump with incompatible framing.
-pub const ALPN: &[u8] = b"plait/1";
+pub const ALPN: &[u8] = b"plait/2";
 
 /// Why a transport operation failed.
 #[derive(Debug, thiserror::Error)]
