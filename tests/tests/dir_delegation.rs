@@ -195,3 +195,54 @@ fn a_mount_that_lost_its_session_loses_only_unacknowledged_creates() {
     plait_tests::write_until_ok(&a.join("d/after"), b"again", deadline);
     assert_eq!(fs::read(b.join("d/after")).unwrap(), b"again");
 }
+
+#[test]
+fn removals_under_a_held_directory_are_seen_by_another_mount() {
+    let mut pg = Playground::up(3, 3, &[]).unwrap();
+    let a = pg.mnt.clone();
+    let b = pg.mount().unwrap();
+    fs::create_dir(a.join("r")).unwrap();
+    for i in 0..40 {
+        fs::write(a.join(format!("r/f{i}")), content("rm", i, 3000)).unwrap();
+    }
+    assert_eq!(fs::read(b.join("r/f30")).unwrap(), content("rm", 30, 3000));
+    // A descriptor open on a file the holder then removes keeps reading it.
+    let mut kept = fs::File::open(a.join("r/f5")).unwrap();
+    // Removals in a run (the holder still holds the directory): gone here at once.
+    for i in 0..20 {
+        fs::remove_file(a.join(format!("r/f{i}"))).unwrap();
+        assert!(!a.join(format!("r/f{i}")).exists(), "r/f{i} still here");
+    }
+    // A name removed and written again holds the new bytes.
+    fs::write(a.join("r/f3"), b"again").unwrap();
+    let mut bytes = Vec::new();
+    kept.read_to_end(&mut bytes).unwrap();
+    assert_eq!(
+        bytes,
+        content("rm", 5, 3000),
+        "the removed file through its descriptor"
+    );
+    drop(kept);
+    // The other mount's listing recalls the directory and sees exactly what is left.
+    let mut listed: Vec<String> = fs::read_dir(b.join("r"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    listed.sort();
+    let mut want: Vec<String> = (20..40).map(|i| format!("f{i}")).collect();
+    want.push("f3".into());
+    want.sort();
+    assert_eq!(listed, want);
+    assert_eq!(fs::read(b.join("r/f3")).unwrap(), b"again");
+    for i in [0, 1, 2, 4, 5, 19] {
+        let gone = fs::metadata(b.join(format!("r/f{i}")));
+        assert_eq!(
+            gone.unwrap_err().raw_os_error(),
+            Some(libc::ENOENT),
+            "r/f{i} on the other mount"
+        );
+    }
+    // The holder's view after the give-back agrees.
+    assert!(!a.join("r/f0").exists());
+    assert_eq!(fs::read(a.join("r/f25")).unwrap(), content("rm", 25, 3000));
+}

@@ -471,6 +471,13 @@ impl FakeState {
                     inline,
                     ..
                 } => self.write(*ino, extents, inline)?,
+                DirBatchOp::Unlink { name, ino } => {
+                    if self.dentries.get(&(dir, name.clone())) == Some(ino) {
+                        self.unlink(dir, name)?
+                    } else {
+                        MetaReply::Removed { orphan: None }
+                    }
+                }
             });
         }
         Ok(MetaReply::Batch(replies))

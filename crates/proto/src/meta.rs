@@ -377,8 +377,8 @@ pub enum MetaOp {
         /// The directory.
         dir: Ino,
     },
-    /// Commit files created under a directory's create delegation, with their first
-    /// bytes: applied whole or not at all. Refused if the session no longer holds the
+    /// Commit files created (and names removed) under a directory's create delegation,
+    /// with the files' first bytes: applied whole or not at all. Refused if the session no longer holds the
     /// delegation (`SessionExpired` if the session itself is gone). Answered with
     /// `Batch`, one reply per op.
     DirBatch {
@@ -433,6 +433,25 @@ pub enum DirBatchOp {
         #[serde(with = "crate::codec::byte_list")]
         inline: Vec<Vec<u8>>,
     },
+    /// Remove the non-directory `name` of the batch's directory if it still names inode
+    /// `ino` (a batch resent after an ambiguous failure finds it gone: nothing to do).
+    /// Answered with `Removed`, whose orphan the sender reaps as after a `MetaOp::Unlink`.
+    Unlink {
+        /// The name.
+        name: Vec<u8>,
+        /// The inode the sender saw under it.
+        ino: Ino,
+    },
+}
+
+impl DirBatchOp {
+    /// Inline chunk bytes this op carries.
+    pub fn inline_bytes(&self) -> usize {
+        match self {
+            DirBatchOp::Write { inline, .. } => inline.iter().map(Vec::len).sum(),
+            DirBatchOp::CreateFile { .. } | DirBatchOp::Unlink { .. } => 0,
+        }
+    }
 }
 
 /// Longest lifetime of a join token, in milliseconds (7 days).

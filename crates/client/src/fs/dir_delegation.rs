@@ -148,11 +148,14 @@ struct Inner {
     waiting: usize,
 }
 
-/// A file queued for a batch: its create and its bytes.
+/// A file queued for a batch: its create and its bytes, or the removal of one of the
+/// directory's names.
 #[derive(Debug)]
 struct Queued {
     ino: Ino,
     name: Vec<u8>,
+    /// An unlink of `name` (naming `ino`), not a file created here.
+    unlink: bool,
     ops: Vec<DirBatchOp>,
     inline_bytes: usize,
     /// Commit it alone (a batch with it was refused: find which file was at fault).
@@ -211,8 +214,11 @@ struct Batch {
 /// One held directory.
 #[derive(Debug)]
 struct HeldDir {
-    /// Committed names (all of them: nobody else changes them while it is held).
-    names: HashSet<Vec<u8>>,
+    /// Committed names → their inode (all of them: nobody else changes them while it is
+    /// held). A name this mount removed leaves at once, before its unlink is committed.
+    names: HashMap<Vec<u8>, Ino>,
+    /// Inodes whose unlink from this directory is queued or being committed.
+    unlinking: HashSet<Ino>,
     /// Names created here and not yet committed → (inode, attributes at create).
     created: HashMap<Vec<u8>, Attr>,
     /// Files closed (or flushed) and waiting for a batch, oldest first.
@@ -276,7 +282,7 @@ impl PlaitFs {
             drop(inner);
             return Some(Ok(self.with_dirty_size(attr)));
         }
-        if dir.names.contains(name) {
+        if dir.names.contains_key(name) {
             return None;
         }
         Some(Err(FsError::code(
@@ -382,7 +388,7 @@ impl PlaitFs {
                 HeldCreate::Again(existing.ino)
             };
         }
-        if dir.names.contains(name) {
+        if dir.names.contains_key(name) {
             return HeldCreate::NotHere;
         }
         let Some(ino) = dir.take_ino() else {
@@ -412,7 +418,80 @@ impl PlaitFs {
         HeldCreate::Created(attr)
     }
 
-    /// True if this mount holds `dir` now, asking for it if creates there come in a run.
+    /// Removes `parent/name` locally if this mount holds `parent` (asking for it after a
+    /// few removals there): the name goes at once, its `DirBatch` unlink is queued, and
+    /// the call waits for the commit only when a close would. `false`: unlink the
+    /// ordinary way.
+    pub(super) async fn unlink_delegated(&self, parent: Ino, name: &[u8]) -> Result<bool, FsError> {
+        if !self.config.delegate_dirs || !self.ensure_dir(parent).await {
+            return Ok(false);
+        }
+        // A file created here and not committed yet: commit it, then remove its name.
+        let created = lock(&self.dir_delegations.inner)
+            .dirs
+            .get(&parent)
+            .and_then(|d| d.created.get(name).map(|a| a.ino));
+        if let Some(ino) = created {
+            self.settle_pending(ino).await?;
+        }
+        let Some((ino, next)) = self.unlink_held(parent, name) else {
+            return Ok(false);
+        };
+        self.statahead.invalidate();
+        if next.is_done() {
+            return Ok(true);
+        }
+        self.wait_committed(ino).await.map(|()| true)
+    }
+
+    /// The part of an unlink under a held directory that needs no request: `None` if the
+    /// directory is not held (or is leaving), the name is not a committed one, or its
+    /// inode is queued already (a second name of it).
+    fn unlink_held(&self, parent: Ino, name: &[u8]) -> Option<(Ino, AfterQueue)> {
+        let mut guard = lock(&self.dir_delegations.inner);
+        let inner = &mut *guard;
+        let held = inner.dirs.get_mut(&parent)?;
+        if held.leaving || !self.session().is_ok_and(|s| s.id() == held.session) {
+            return None;
+        }
+        let ino = *held.names.get(name)?;
+        if inner.queued.contains(&ino) || held.created.contains_key(name) {
+            return None;
+        }
+        held.names.remove(name);
+        held.unlinking.insert(ino);
+        let now = now_timestamp();
+        held.attr.mtime = now;
+        held.attr.ctime = now;
+        held.last_used = Instant::now();
+        held.queue.push_back(Queued {
+            ino,
+            name: name.to_vec(),
+            unlink: true,
+            ops: vec![DirBatchOp::Unlink {
+                name: name.to_vec(),
+                ino,
+            }],
+            inline_bytes: 0,
+            alone: false,
+            queued_at: Instant::now(),
+        });
+        let notify = held.queue.len() == 1 || held.queue.len() >= BATCH_FILES_MAX;
+        inner.queued.insert(ino);
+        if !inner.ready.contains(&parent) {
+            inner.ready.push_back(parent);
+        }
+        if notify {
+            self.dir_delegations.queued.notify_one();
+        }
+        Some((
+            ino,
+            self.close_may_return(CommitWait::Queued, inner, parent),
+        ))
+    }
+
+    /// True if this mount holds `dir` now, asking for it if creates (or removals) there
+    /// come in a run.
     async fn ensure_dir(&self, dir: Ino) -> bool {
         let now = Instant::now();
         {
@@ -528,6 +607,7 @@ impl PlaitFs {
             dir,
             HeldDir {
                 names,
+                unlinking: HashSet::new(),
                 created: HashMap::new(),
                 queue: VecDeque::new(),
                 queued_bytes: 0,
@@ -544,11 +624,11 @@ impl PlaitFs {
     }
 
     /// Every name of `dir`, or `None` if it has more than [`DIR_NAMES_MAX`].
-    async fn dir_names(&self, dir: Ino) -> Result<Option<HashSet<Vec<u8>>>, FsError> {
+    async fn dir_names(&self, dir: Ino) -> Result<Option<HashMap<Vec<u8>, Ino>>, FsError> {
         Ok(self
             .read_dir_all(dir, DIR_NAMES_MAX)
             .await?
-            .map(|entries| entries.into_iter().map(|e| e.name).collect()))
+            .map(|entries| entries.into_iter().map(|e| (e.name, e.attr.ino)).collect()))
     }
 
     /// Queues a file created here, with `writes` (its buffered bytes, possibly none), for
@@ -614,6 +694,7 @@ impl PlaitFs {
             held.queue.push_back(Queued {
                 ino,
                 name,
+                unlink: false,
                 ops,
                 inline_bytes,
                 alone: false,
@@ -747,17 +828,21 @@ impl PlaitFs {
     /// own listing of the directory must show them, and a give-back must leave none):
     /// queues them all, then waits, so they share batches.
     pub(super) async fn settle_dir(&self, dir: Ino) -> Result<(), FsError> {
-        let pending: Vec<Ino> = match lock(&self.dir_delegations.inner).dirs.get(&dir) {
-            Some(held) => held.created.values().map(|a| a.ino).collect(),
-            None => return Ok(()),
-        };
+        let (pending, unlinking): (Vec<Ino>, Vec<Ino>) =
+            match lock(&self.dir_delegations.inner).dirs.get(&dir) {
+                Some(held) => (
+                    held.created.values().map(|a| a.ino).collect(),
+                    held.unlinking.iter().copied().collect(),
+                ),
+                None => return Ok(()),
+            };
         let mut first_error = Ok(());
         for ino in &pending {
             if let Err(e) = self.flush_pending(*ino, CommitWait::CallerWaits).await {
                 first_error = first_error.and(Err(e));
             }
         }
-        for ino in pending {
+        for ino in pending.into_iter().chain(unlinking) {
             if let Err(e) = self.wait_committed(ino).await {
                 first_error = first_error.and(Err(e));
             }
@@ -782,8 +867,13 @@ impl PlaitFs {
             }
         };
         if let Err(e) = self.settle_dir(dir).await {
-            // A file lost with the delegation is not retried; anything else is.
-            if pending.iter().any(|ino| self.pending_dir(*ino).is_some()) {
+            // A file lost with the delegation is not retried; anything else is (and no
+            // directory is given back with unlinks still queued: they would be lost).
+            let unlinking = lock(&self.dir_delegations.inner)
+                .dirs
+                .get(&dir)
+                .is_some_and(|d| !d.unlinking.is_empty());
+            if unlinking || pending.iter().any(|ino| self.pending_dir(*ino).is_some()) {
                 return Err(e);
             }
         }
@@ -795,7 +885,11 @@ impl PlaitFs {
             .meta(MetaOp::ReturnDirDelegation { dir, session })
             .await?;
         let mut inner = lock(&self.dir_delegations.inner);
-        if inner.dirs.get(&dir).is_some_and(|d| d.created.is_empty()) {
+        if inner
+            .dirs
+            .get(&dir)
+            .is_some_and(|d| d.created.is_empty() && d.unlinking.is_empty())
+        {
             inner.dirs.remove(&dir);
         }
         debug!(dir, "directory given back");
@@ -1016,11 +1110,17 @@ impl PlaitFs {
                 Ok(_) => {
                     inner.unhealthy = false;
                     for f in &files {
-                        inner.pending.remove(&f.ino);
                         inner.queued.remove(&f.ino);
-                        if let Some(held) = inner.dirs.get_mut(&dir) {
+                        let Some(held) = inner.dirs.get_mut(&dir) else {
+                            inner.pending.remove(&f.ino);
+                            continue;
+                        };
+                        if f.unlink {
+                            held.unlinking.remove(&f.ino);
+                        } else {
+                            inner.pending.remove(&f.ino);
                             held.created.remove(&f.name);
-                            held.names.insert(f.name.clone());
+                            held.names.insert(f.name.clone(), f.ino);
                         }
                     }
                 }
@@ -1042,10 +1142,21 @@ impl PlaitFs {
                         held.leaving = true;
                     }
                     for f in &files {
-                        inner.pending.remove(&f.ino);
                         inner.queued.remove(&f.ino);
-                        if let Some(held) = inner.dirs.get_mut(&dir) {
-                            held.created.remove(&f.name);
+                        if f.unlink {
+                            // The name was not removed: it is there again (unless a file
+                            // created here since took it; the group then refuses that one).
+                            if let Some(held) = inner.dirs.get_mut(&dir) {
+                                held.unlinking.remove(&f.ino);
+                                if !held.created.contains_key(&f.name) {
+                                    held.names.insert(f.name.clone(), f.ino);
+                                }
+                            }
+                        } else {
+                            inner.pending.remove(&f.ino);
+                            if let Some(held) = inner.dirs.get_mut(&dir) {
+                                held.created.remove(&f.name);
+                            }
                         }
                         if inner.failed.len() >= FAILED_MAX
                             && let Some(old) = inner.failed.keys().next().copied()
@@ -1057,11 +1168,15 @@ impl PlaitFs {
                 }
             }
         }
-        match &result {
+        match result {
             Ok(replies) => {
                 for reply in replies {
-                    if let MetaReply::Attr(a) = reply {
-                        self.statahead.updated(generation, a);
+                    match reply {
+                        MetaReply::Attr(a) => self.statahead.updated(generation, &a),
+                        // An unlink's file that lost its last link: reaped as after an
+                        // ordinary unlink.
+                        removed @ MetaReply::Removed { .. } => self.after_removal(removed).await,
+                        _ => {}
                     }
                 }
             }
@@ -1174,7 +1289,7 @@ fn written_end(writes: &[DirBatchOp]) -> u64 {
                 .iter()
                 .map(|e| e.file_offset.saturating_add(e.len))
                 .max(),
-            DirBatchOp::CreateFile { .. } => None,
+            DirBatchOp::CreateFile { .. } | DirBatchOp::Unlink { .. } => None,
         })
         .max()
         .unwrap_or(0)
@@ -1182,13 +1297,7 @@ fn written_end(writes: &[DirBatchOp]) -> u64 {
 
 /// Inline bytes `writes` carry.
 fn inline_len(writes: &[DirBatchOp]) -> usize {
-    writes
-        .iter()
-        .map(|op| match op {
-            DirBatchOp::Write { inline, .. } => inline.iter().map(Vec::len).sum(),
-            DirBatchOp::CreateFile { .. } => 0,
-        })
-        .sum()
+    writes.iter().map(DirBatchOp::inline_bytes).sum()
 }
 
 /// A refusal that says the delegation is gone (the session expired): its files can never

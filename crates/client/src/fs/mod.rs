@@ -522,9 +522,13 @@ impl PlaitFs {
     }
 
     /// Removes the non-directory `name` from `parent`; reaps the inode if that was its
-    /// last link and this mount has it open nowhere.
+    /// last link and this mount has it open nowhere. Under a held directory the name goes
+    /// at once and its removal is committed with the directory's next batch.
     pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<(), FsError> {
         check_name(name)?;
+        if self.unlink_delegated(parent, name).await? {
+            return Ok(());
+        }
         let reply = self
             .commit(MetaOp::Unlink {
                 parent,

@@ -788,3 +788,48 @@ async fn queued_files_of_a_lost_delegation_are_dropped_and_their_sync_fails() {
     assert_eq!(committed(&fake, "lost"), None);
     serving.abort();
 }
+
+#[tokio::test]
+async fn unlinks_under_a_held_directory_are_committed_in_batches() {
+    let fake = fake::new_fake();
+    let (fs, serving) = mount_closing_behind(&fake).await;
+    let mut inos = Vec::new();
+    for i in 0..12 {
+        inos.push(create_and_close(&fs, &format!("u{i}"), b"gone soon").await);
+    }
+    fs.settle_dir(ROOT).await.unwrap();
+    assert!(state(&fake).dir_holders.contains_key(&ROOT));
+    let batches_before = state(&fake).batches.len();
+    for i in 0..12 {
+        fs.unlink(ROOT, format!("u{i}").as_bytes()).await.unwrap();
+        // Gone here at once, before its commit.
+        let err = fs
+            .lookup(ROOT, format!("u{i}").as_bytes())
+            .await
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::ENOENT, "{err}");
+    }
+    // A name removed and created again: the new file survives the removal's commit.
+    let again = create_and_close(&fs, "u0", b"new").await;
+    fs.settle_dir(ROOT).await.unwrap();
+    for i in 1..12 {
+        assert_eq!(committed(&fake, &format!("u{i}")), None, "u{i}");
+    }
+    assert_eq!(committed(&fake, "u0"), Some(again));
+    assert_eq!(state(&fake).file_bytes(again), b"new");
+    let unlink_batches = state(&fake).batches.len() - batches_before;
+    assert!(
+        unlink_batches < 12,
+        "{unlink_batches} batches for 12 unlinks and a create"
+    );
+    // The removed files lost their last link: they are reaped (in the background).
+    for _ in 0..200 {
+        if inos.iter().all(|i| state(&fake).reaped.contains(i)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let reaped = state(&fake).reaped.clone();
+    assert!(inos.iter().all(|i| reaped.contains(i)), "{reaped:?}");
+    serving.abort();
+}

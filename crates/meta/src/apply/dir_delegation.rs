@@ -224,13 +224,7 @@ impl<R: KvRead> Applier<'_, R> {
                 format!("{} ops in a batch (at most {DIR_BATCH_OPS_MAX})", ops.len()),
             ));
         }
-        let inline_bytes: usize = ops
-            .iter()
-            .map(|op| match op {
-                DirBatchOp::Write { inline, .. } => inline.iter().map(Vec::len).sum(),
-                DirBatchOp::CreateFile { .. } => 0,
-            })
-            .sum();
+        let inline_bytes: usize = ops.iter().map(DirBatchOp::inline_bytes).sum();
         if inline_bytes > INLINE_BATCH_MAX_BYTES {
             return Err(refuse(
                 ErrorCode::InvalidArgument,
@@ -290,10 +284,25 @@ impl<R: KvRead> Applier<'_, R> {
                     under_replicated,
                     inline,
                 } => self.write(*ino, extents, under_replicated, inline)?,
+                DirBatchOp::Unlink { name, ino } => self.batch_unlink(dir, name, *ino)?,
             };
             replies.push(reply);
         }
         Ok(MetaReply::Batch(replies))
+    }
+
+    /// A batch's unlink: removes `name` if it still names `ino` (idempotent: a resent
+    /// batch finds it gone, and nobody but the holder can name anything in the directory
+    /// meanwhile). A directory under that name is refused, as by `unlink(2)`.
+    fn batch_unlink(&mut self, dir: Ino, name: &[u8], ino: Ino) -> OpResult<MetaReply> {
+        match read::dentry(&self.txn, dir, name)? {
+            Some(d) if d.ino == ino && d.is_dir() => Err(refuse(
+                ErrorCode::IsDir,
+                format!("{:?} is a directory", String::from_utf8_lossy(name)),
+            )),
+            Some(d) if d.ino == ino => self.unlink(dir, name),
+            _ => Ok(MetaReply::Removed { orphan: None }),
+        }
     }
 
     /// The session ended: its directories are no longer delegated.

@@ -275,6 +275,46 @@ fn a_resent_batch_changes_nothing_but_times() {
     fs.check();
 }
 
+#[test]
+fn a_batch_removes_names_and_a_resent_unlink_spares_a_new_file_of_that_name() {
+    let (mut fs, root) = Fs::with_volume();
+    let dir = fs.mkdir(root, "d");
+    let sub = fs.mkdir(dir, "sub");
+    let old = fs.mkfile(dir, "a");
+    let s = session(&mut fs, 10_000);
+    let (first, _) = delegate(&mut fs, dir, s).unwrap();
+    let unlink = |name: &str, ino| DirBatchOp::Unlink {
+        name: name.as_bytes().to_vec(),
+        ino,
+    };
+    // Remove "a" and create a new "a" in one batch: the old file is an orphan to reap.
+    let ops = vec![unlink("a", old), create_op("a", first)];
+    let reply = batch(&mut fs, dir, s, ops.clone()).unwrap();
+    let MetaReply::Batch(replies) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(replies[0], MetaReply::Removed { orphan: Some(old) });
+    assert_eq!(fs.lookup(dir, "a"), Some(first));
+    // The same batch again (its answer was lost): the new "a" stays.
+    let MetaReply::Batch(again) = batch(&mut fs, dir, s, ops).unwrap() else {
+        panic!()
+    };
+    assert_eq!(again[0], MetaReply::Removed { orphan: None });
+    assert_eq!(fs.lookup(dir, "a"), Some(first));
+    assert_eq!(fs.attr(first).nlink, 1);
+    // A directory is not unlinked, and nothing of its batch is applied.
+    let refused = batch(
+        &mut fs,
+        dir,
+        s,
+        vec![create_op("b", first + 1), unlink("sub", sub)],
+    );
+    assert_eq!(code(refused), ErrorCode::IsDir);
+    assert_eq!(fs.lookup(dir, "sub"), Some(sub));
+    assert_eq!(fs.lookup(dir, "b"), None);
+    fs.check();
+}
+
 // ---- random interleavings of two sessions and a third party ---------------------------
 
 mod random {
