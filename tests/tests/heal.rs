@@ -43,6 +43,11 @@ fn a_restarted_node_gets_every_copy_it_missed() {
         files.len(),
         t.elapsed()
     );
+    // A close may return before its file's batch is committed (close-behind): wait for
+    // the last one's commit (a directory's batches commit in order).
+    fs::File::open(pg.mnt.join(format!("f-{}", FILES_WHILE_DOWN - 1)))
+        .and_then(|f| f.sync_all())
+        .unwrap();
 
     // Every file's chunk is recorded as missing on the stopped node, and only there
     // (the live nodes' own entries, if any, settle within a heal interval).
