@@ -434,9 +434,32 @@ impl PlaitFs {
         if let Some(ino) = created {
             self.settle_pending(ino).await?;
         }
-        let Some((ino, next)) = self.unlink_held(parent, name) else {
+        // Only a file whose last link this is and that is open nowhere here: after the
+        // unlink nothing on this mount can reach it, so nobody here sees the group's
+        // answers lag (a `stat` of another link, an `fstat` through a descriptor must
+        // show the new link count at once: those take the ordinary way).
+        let Some(ino) = lock(&self.dir_delegations.inner)
+            .dirs
+            .get(&parent)
+            .and_then(|d| d.names.get(name).copied())
+        else {
             return Ok(false);
         };
+        if self.is_open_here(ino) {
+            return Ok(false);
+        }
+        match self.client.query(MetaQuery::GetAttr { ino }).await {
+            Ok(MetaReply::Attr(a)) if a.nlink == 1 && a.kind != FileKind::Dir => {}
+            _ => return Ok(false),
+        }
+        let Some((queued, next)) = self.unlink_held(parent, name) else {
+            return Ok(false);
+        };
+        if queued != ino {
+            // The name changed meanwhile (it cannot on this mount while the kernel holds
+            // the directory): wait for the commit rather than trust the check above.
+            return self.wait_committed(queued).await.map(|()| true);
+        }
         self.statahead.invalidate();
         if next.is_done() {
             return Ok(true);

@@ -833,3 +833,22 @@ async fn unlinks_under_a_held_directory_are_committed_in_batches() {
     assert!(inos.iter().all(|i| reaped.contains(i)), "{reaped:?}");
     serving.abort();
 }
+
+#[tokio::test]
+async fn an_unlink_of_a_file_open_here_is_committed_before_it_returns() {
+    let fake = fake::new_fake();
+    let (fs, serving) = mount_closing_behind(&fake).await;
+    for i in 0..4 {
+        create_and_close(&fs, &format!("w{i}"), b"w").await;
+    }
+    assert!(state(&fake).dir_holders.contains_key(&ROOT));
+    let (ino, fh) = new_file(&fs, "open").await;
+    fs.write(ino, fh, 0, b"still readable").await.unwrap();
+    fs.flush(ino).await.unwrap();
+    fs.unlink(ROOT, b"open").await.unwrap();
+    // fstat through the open handle sees the last link gone at once.
+    assert_eq!(fs.getattr(ino).await.unwrap().nlink, 0);
+    assert_eq!(committed(&fake, "open"), None);
+    fs.release(ino, fh).await.unwrap();
+    serving.abort();
+}
