@@ -809,7 +809,9 @@ async fn unlinks_under_a_held_directory_are_committed_in_batches() {
             .unwrap_err();
         assert_eq!(err.errno(), libc::ENOENT, "{err}");
     }
-    // A name removed and created again: the new file survives the removal's commit.
+    // A name removed and created again: the new file survives the removal's commit, also
+    // when that batch must be sent twice (the fake fails it once as a lost leader would).
+    state(&fake).fail_batches.push_back(ErrorCode::Unavailable);
     let again = create_and_close(&fs, "u0", b"new").await;
     fs.settle_dir(ROOT).await.unwrap();
     for i in 1..12 {
