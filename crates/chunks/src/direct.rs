@@ -76,7 +76,16 @@ pub(crate) fn create_with(
         .open(path)
     {
         Ok(file) => file,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return create_buffered(path, data),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // Linux creates the file before it checks the flag: the refusal can leave an
+            // empty file of ours behind, which the buffered `create_new` would refuse.
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            return create_buffered(path, data);
+        }
         Err(e) => return Err(e),
     };
     let padded_bytes = data.len().next_multiple_of(ALIGN_BYTES);

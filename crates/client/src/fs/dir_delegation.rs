@@ -140,6 +140,10 @@ struct Inner {
     ready: VecDeque<Ino>,
     /// Files whose batch was refused for good → the refusal (for their waiters).
     failed: HashMap<Ino, RpcError>,
+    /// Unlinks refused for good → the refusal, for an unlink that waits for its commit
+    /// (kept apart from `failed`: the name came back, and the file's own next close must
+    /// not report the unlink's error).
+    unlink_failed: HashMap<Ino, RpcError>,
     /// When the batch being committed was sent.
     in_flight_since: Option<Instant>,
     /// The last batch failed for a reason that may pass: closes wait for their commits.
@@ -452,19 +456,27 @@ impl PlaitFs {
             Ok(MetaReply::Attr(a)) if a.nlink == 1 && a.kind != FileKind::Dir => {}
             _ => return Ok(false),
         }
+        // Opened meanwhile (through a cached entry)? Then the ordinary way after all.
+        if self.is_open_here(ino) {
+            return Ok(false);
+        }
         let Some((queued, next)) = self.unlink_held(parent, name) else {
             return Ok(false);
         };
-        if queued != ino {
-            // The name changed meanwhile (it cannot on this mount while the kernel holds
-            // the directory): wait for the commit rather than trust the check above.
-            return self.wait_committed(queued).await.map(|()| true);
-        }
         self.statahead.invalidate();
-        if next.is_done() {
+        // The name changed meanwhile (it cannot on this mount while the kernel holds the
+        // directory): wait for the commit rather than trust the checks above.
+        if queued == ino && next.is_done() {
             return Ok(true);
         }
-        self.wait_committed(ino).await.map(|()| true)
+        self.wait_committed(queued).await?;
+        match lock(&self.dir_delegations.inner)
+            .unlink_failed
+            .remove(&queued)
+        {
+            Some(e) => Err(e.into()),
+            None => Ok(true),
+        }
     }
 
     /// The part of an unlink under a held directory that needs no request: `None` if the
@@ -483,6 +495,7 @@ impl PlaitFs {
         }
         held.names.remove(name);
         held.unlinking.insert(ino);
+        inner.unlink_failed.remove(&ino);
         let now = now_timestamp();
         held.attr.mtime = now;
         held.attr.ctime = now;
@@ -1181,12 +1194,17 @@ impl PlaitFs {
                                 held.created.remove(&f.name);
                             }
                         }
-                        if inner.failed.len() >= FAILED_MAX
-                            && let Some(old) = inner.failed.keys().next().copied()
+                        let failed = if f.unlink {
+                            &mut inner.unlink_failed
+                        } else {
+                            &mut inner.failed
+                        };
+                        if failed.len() >= FAILED_MAX
+                            && let Some(old) = failed.keys().next().copied()
                         {
-                            inner.failed.remove(&old);
+                            failed.remove(&old);
                         }
-                        inner.failed.insert(f.ino, e.clone());
+                        failed.insert(f.ino, e.clone());
                     }
                 }
             }

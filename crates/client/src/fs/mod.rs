@@ -603,14 +603,14 @@ impl PlaitFs {
         }
     }
 
-    /// Marks `ino` for reaping at its last release if it is open here (returns true);
-    /// otherwise drops whatever is still buffered for it (the file is gone).
     /// True if a handle of `ino` is open on this mount.
     fn is_open_here(&self, ino: Ino) -> bool {
         let entry = lock(&self.inodes).get(&ino).cloned();
         entry.is_some_and(|e| e.lock().open_handles > 0)
     }
 
+    /// Marks `ino` for reaping at its last release if it is open here (returns true);
+    /// otherwise drops whatever is still buffered for it (the file is gone).
     fn defer_reap_if_open(&self, ino: Ino) -> bool {
         let entry = lock(&self.inodes).get(&ino).cloned();
         let Some(entry) = entry else {

@@ -301,7 +301,15 @@ impl<R: KvRead> Applier<'_, R> {
                 format!("{:?} is a directory", String::from_utf8_lossy(name)),
             )),
             Some(d) if d.ino == ino => self.unlink(dir, name),
-            _ => Ok(MetaReply::Removed { orphan: None }),
+            // Gone already (a resent batch): if that left the file without links and it is
+            // not reaped yet, say so again, or the sender, whose first answer was lost,
+            // would never reap it (a second reap is refused harmlessly).
+            _ => {
+                let orphan = self.txn.get(&keys::orphan(ino))?.is_some();
+                Ok(MetaReply::Removed {
+                    orphan: orphan.then_some(ino),
+                })
+            }
         }
     }
 

@@ -295,13 +295,19 @@ fn a_batch_removes_names_and_a_resent_unlink_spares_a_new_file_of_that_name() {
     };
     assert_eq!(replies[0], MetaReply::Removed { orphan: Some(old) });
     assert_eq!(fs.lookup(dir, "a"), Some(first));
-    // The same batch again (its answer was lost): the new "a" stays.
-    let MetaReply::Batch(again) = batch(&mut fs, dir, s, ops).unwrap() else {
+    // The same batch again (its answer was lost): the new "a" stays, and the orphan not
+    // reaped yet is named again so that the sender reaps it.
+    let MetaReply::Batch(again) = batch(&mut fs, dir, s, ops.clone()).unwrap() else {
         panic!()
     };
-    assert_eq!(again[0], MetaReply::Removed { orphan: None });
+    assert_eq!(again[0], MetaReply::Removed { orphan: Some(old) });
     assert_eq!(fs.lookup(dir, "a"), Some(first));
     assert_eq!(fs.attr(first).nlink, 1);
+    fs.exec(MetaOp::Reap { ino: old }).unwrap();
+    let MetaReply::Batch(late) = batch(&mut fs, dir, s, ops).unwrap() else {
+        panic!()
+    };
+    assert_eq!(late[0], MetaReply::Removed { orphan: None });
     // A directory is not unlinked, and nothing of its batch is applied.
     let refused = batch(
         &mut fs,
