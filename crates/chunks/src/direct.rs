@@ -18,6 +18,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Alignment of buffer address, offset and length: 4 KiB covers devices with 512-byte and
 /// with 4 KiB logical blocks.
@@ -28,33 +29,58 @@ const ALIGN_BYTES: usize = 4096;
 pub(crate) const DIRECT_MIN_BYTES: usize = 256 * 1024;
 
 /// Aligned buffers kept for reuse between writes. Each is one chunk plus the alignment
-/// slack, so this bounds the memory held idle at `BUFFERS_KEPT_MAX × (4 MiB + 4 KiB)`.
+/// slack, so this bounds the memory held idle at `BUFFERS_KEPT_MAX × (4 MiB + 8 KiB)`.
 const BUFFERS_KEPT_MAX: usize = 4;
+
+/// Direct writes running at once; more concurrent writes take the buffered path rather
+/// than allocate another buffer. With the kept ones this bounds the pool's memory at
+/// `(DIRECT_WRITES_MAX + BUFFERS_KEPT_MAX) × (4 MiB + 8 KiB)`.
+const DIRECT_WRITES_MAX: usize = 8;
 
 /// A bounded pool of buffers large enough to hold any chunk at an aligned offset.
 #[derive(Debug, Default)]
 pub(crate) struct BufferPool {
     free: Mutex<Vec<Vec<u8>>>,
+    /// Buffers lent out now (at most [`DIRECT_WRITES_MAX`]).
+    in_use: AtomicUsize,
 }
 
-impl BufferPool {
-    fn take(&self, capacity_bytes: usize) -> Vec<u8> {
-        let reused = match self.free.lock() {
-            Ok(mut free) => free.pop(),
-            Err(_) => None,
-        };
-        match reused {
-            Some(buf) if buf.len() >= capacity_bytes => buf,
-            _ => vec![0u8; capacity_bytes],
-        }
-    }
+/// A buffer lent by the pool; it goes back (or is freed) when dropped, on every path.
+struct Lease<'a> {
+    pool: &'a BufferPool,
+    buf: Vec<u8>,
+}
 
-    fn give_back(&self, buf: Vec<u8>) {
-        if let Ok(mut free) = self.free.lock()
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if let Ok(mut free) = self.pool.free.lock()
             && free.len() < BUFFERS_KEPT_MAX
         {
             free.push(buf);
         }
+        self.pool.in_use.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl BufferPool {
+    /// A buffer of at least `capacity_bytes`, or `None` when [`DIRECT_WRITES_MAX`] are
+    /// lent out already.
+    fn take(&self, capacity_bytes: usize) -> Option<Lease<'_>> {
+        self.in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < DIRECT_WRITES_MAX).then_some(n + 1)
+            })
+            .ok()?;
+        let reused = match self.free.lock() {
+            Ok(mut free) => free.pop(),
+            Err(_) => None,
+        };
+        let buf = match reused {
+            Some(buf) if buf.len() >= capacity_bytes => buf,
+            _ => vec![0u8; capacity_bytes],
+        };
+        Some(Lease { pool: self, buf })
     }
 }
 
@@ -69,6 +95,9 @@ pub(crate) fn create_with(
     if data.len() < DIRECT_MIN_BYTES {
         return create_buffered(path, data);
     }
+    let Some(mut lease) = pool.take(chunk_max_bytes.max(data.len()) + 2 * ALIGN_BYTES) else {
+        return create_buffered(path, data);
+    };
     let mut file = match OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -89,17 +118,16 @@ pub(crate) fn create_with(
         Err(e) => return Err(e),
     };
     let padded_bytes = data.len().next_multiple_of(ALIGN_BYTES);
-    let mut buf = pool.take(chunk_max_bytes.max(data.len()) + 2 * ALIGN_BYTES);
-    let offset = buf.as_ptr().align_offset(ALIGN_BYTES);
+    let offset = lease.buf.as_ptr().align_offset(ALIGN_BYTES);
     let written = {
-        let Some(aligned) = buf.get_mut(offset..offset + padded_bytes) else {
+        let Some(aligned) = lease.buf.get_mut(offset..offset + padded_bytes) else {
             return Err(io::Error::other("aligned buffer smaller than the chunk"));
         };
         aligned[..data.len()].copy_from_slice(data);
         aligned[data.len()..].fill(0);
         file.write_all(aligned)
     };
-    pool.give_back(buf);
+    drop(lease);
     match written {
         Ok(()) => {
             file.set_len(data.len() as u64)?;
@@ -156,6 +184,28 @@ mod tests {
             assert_eq!(std::fs::read(&path).expect("read"), data, "length {len}");
         }
         assert!(pool.free.lock().expect("pool").len() <= BUFFERS_KEPT_MAX);
+        assert_eq!(pool.in_use.load(Ordering::Acquire), 0);
+    }
+
+    /// Past the bound of concurrent direct writes a write takes the buffered path: same
+    /// bytes, no new buffer; the bound frees up when leases end.
+    #[test]
+    fn writes_past_the_concurrency_bound_go_through_the_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = BufferPool::default();
+        let capacity = (4 << 20) + 2 * ALIGN_BYTES;
+        let held: Vec<Lease<'_>> = (0..DIRECT_WRITES_MAX)
+            .map(|_| pool.take(capacity).expect("under the bound"))
+            .collect();
+        assert!(pool.take(capacity).is_none());
+        let data = sample(DIRECT_MIN_BYTES * 2 + 5);
+        let path = dir.path().join("busy");
+        create_with(&path, &data, &pool, 4 << 20).expect("buffered write");
+        assert_eq!(std::fs::read(&path).expect("read"), data);
+        drop(held);
+        assert_eq!(pool.in_use.load(Ordering::Acquire), 0);
+        assert_eq!(pool.free.lock().expect("pool").len(), BUFFERS_KEPT_MAX);
+        assert!(pool.take(capacity).is_some());
     }
 
     /// An existing file is never overwritten.
