@@ -246,3 +246,59 @@ fn removals_under_a_held_directory_are_seen_by_another_mount() {
     assert!(!a.join("r/f0").exists());
     assert_eq!(fs::read(a.join("r/f25")).unwrap(), content("rm", 25, 3000));
 }
+
+#[test]
+fn the_holders_opens_see_what_another_mount_wrote_after_it_closed() {
+    let mut pg = Playground::up(3, 3, &[]).unwrap();
+    let a = pg.mnt.clone();
+    let b = pg.mount().unwrap();
+    fs::create_dir(a.join("o")).unwrap();
+    for i in 0..30 {
+        fs::write(a.join(format!("o/f{i}")), content("open", i, 2000)).unwrap();
+    }
+    // Opened and read on the holder, twice (the second time without asking the group).
+    for _ in 0..2 {
+        for i in 0..30 {
+            assert_eq!(
+                fs::read(a.join(format!("o/f{i}"))).unwrap(),
+                content("open", i, 2000),
+                "o/f{i}"
+            );
+        }
+    }
+    // Another mount replaces a file's bytes (open with O_TRUNC: a size change, then a
+    // write): the group makes it wait for the holder to give the directory back.
+    fs::write(b.join("o/f7"), b"from b").unwrap();
+    assert_eq!(fs::read(a.join("o/f7")).unwrap(), b"from b");
+    // After the directory's cool-down the holder takes it again with a run of creates,
+    // reads a file (kept again), and the other mount appends to it.
+    std::thread::sleep(Duration::from_millis(10_500));
+    for i in 30..40 {
+        fs::write(a.join(format!("o/f{i}")), content("open", i, 2000)).unwrap();
+    }
+    for _ in 0..2 {
+        assert_eq!(fs::read(a.join("o/f8")).unwrap(), content("open", 8, 2000));
+        assert_eq!(
+            fs::read(a.join("o/f35")).unwrap(),
+            content("open", 35, 2000)
+        );
+    }
+    let mut log = OpenOptions::new()
+        .append(true)
+        .open(b.join("o/f35"))
+        .unwrap();
+    log.write_all(b"appended").unwrap();
+    drop(log);
+    let mut want = content("open", 35, 2000);
+    want.extend_from_slice(b"appended");
+    assert_eq!(fs::read(a.join("o/f35")).unwrap(), want);
+    assert_eq!(fs::read(b.join("o/f35")).unwrap(), want);
+    // Nothing of the holder's was lost on the way.
+    for i in (0..40).filter(|i| *i != 7 && *i != 35) {
+        assert_eq!(
+            fs::read(b.join(format!("o/f{i}"))).unwrap(),
+            content("open", i, 2000),
+            "o/f{i} on the other mount"
+        );
+    }
+}

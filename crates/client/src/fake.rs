@@ -237,10 +237,20 @@ impl FakeState {
                     .iter()
                     .filter_map(|c| self.chunks.get(c).cloned())
                     .collect();
+                // A directory naming the file (the group keeps one; any does here).
+                let guard_dir = if attr.kind == FileKind::File {
+                    self.dentries
+                        .iter()
+                        .find(|(_, child)| **child == *ino)
+                        .map(|((dir, _), _)| *dir)
+                } else {
+                    None
+                };
                 Ok(MetaReply::Extents {
                     attr,
                     extents,
                     inline,
+                    guard_dir,
                 })
             }
             MetaQuery::GetXattr { ino, name } => self
@@ -305,7 +315,7 @@ impl FakeState {
                 new_name,
                 mode,
             } => self.rename(*parent, name, *new_parent, new_name, *mode),
-            MetaOp::SetAttr { ino, set } => {
+            MetaOp::SetAttr { ino, set, .. } => {
                 if let Some(size) = set.size {
                     self.truncate(*ino, size);
                 }

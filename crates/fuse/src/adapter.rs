@@ -469,6 +469,13 @@ impl Filesystem for PlaitFuse {
         let kernel_ino = ino;
         let ino = self.vol(ino);
         let truncate = OpenIntent::from_flags(flags.0).truncate;
+        // A file whose first window this mount keeps under a held directory: no request.
+        if let Some(fh) = self.ctx.fs.open_local(ino, truncate) {
+            if let Some(size) = self.ctx.fs.cached_size(ino) {
+                self.ctx.drop_stale_size(kernel_ino, ino, size);
+            }
+            return reply.opened(FileHandle(fh), FopenFlags::empty());
+        }
         self.spawn(move |ctx| async move {
             match ctx.fs.open(ino, truncate).await {
                 Ok(fh) => {

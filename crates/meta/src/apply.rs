@@ -10,7 +10,8 @@ use plait_proto::{
 use crate::keys;
 use crate::read;
 use crate::records::{
-    DentryRec, ExtentRec, HealRec, InlineChunkRec, InodeRec, OrphanRec, VolumeRec, decode, encode,
+    DentryRec, ExtentRec, HealRec, InlineChunkRec, InodeRec, NO_PARENT, OrphanRec, VolumeRec,
+    decode, encode,
 };
 use crate::txn::Txn;
 use crate::validate;
@@ -88,7 +89,14 @@ impl<R: KvRead> Applier<'_, R> {
                 new_parent,
                 new_name,
             } => self.link(*ino, *new_parent, new_name),
-            MetaOp::SetAttr { ino, set } => self.set_attr(*ino, set),
+            MetaOp::SetAttr { ino, set, session } => {
+                if set.size.is_some()
+                    && let Some(reply) = self.content_guard(*ino, *session)?
+                {
+                    return Ok(reply);
+                }
+                self.set_attr(*ino, set)
+            }
             MetaOp::Write {
                 ino,
                 extents,
@@ -97,6 +105,9 @@ impl<R: KvRead> Applier<'_, R> {
                 inline,
             } => {
                 self.check_writer(*session)?;
+                if let Some(reply) = self.content_guard(*ino, *session)? {
+                    return Ok(reply);
+                }
                 self.write(*ino, extents, under_replicated, inline)
             }
             MetaOp::SetXattr {
@@ -411,12 +422,17 @@ impl<R: KvRead> Applier<'_, R> {
 
     /// A non-directory loses one link (its entry is the caller's business). At zero it
     /// becomes an orphan, kept until reaped; returns it then.
-    fn drop_link(&mut self, ino: Ino) -> OpResult<Option<Ino>> {
+    fn drop_link(&mut self, ino: Ino, dir: Ino) -> OpResult<Option<Ino>> {
         let now = self.now;
         let rec = self.update_inode(ino, |r| {
             debug_assert!(r.nlink > 0, "unlinking inode {ino} with no links");
             r.nlink = r.nlink.saturating_sub(1);
             r.ctime = now;
+            if r.parent == dir && !r.is_dir() {
+                // Any other names are elsewhere (or not), and which directories hold them
+                // is not known without a scan.
+                r.parent = NO_PARENT;
+            }
         })?;
         if rec.nlink > 0 {
             return Ok(None);
@@ -536,7 +552,7 @@ impl<R: KvRead> Applier<'_, R> {
             ));
         }
         self.delete_dentry(parent, name);
-        let orphan = self.drop_link(d.ino)?;
+        let orphan = self.drop_link(d.ino, parent)?;
         self.touch_dir(parent, 0)?;
         Ok(MetaReply::Removed { orphan })
     }
@@ -605,6 +621,9 @@ impl<R: KvRead> Applier<'_, R> {
         let rec = self.update_inode(ino, |r| {
             r.nlink = r.nlink.saturating_add(1);
             r.ctime = now;
+            if r.parent == NO_PARENT {
+                r.parent = new_parent;
+            }
         })?;
         self.put_dentry(
             new_parent,
@@ -923,7 +942,7 @@ impl<R: KvRead> Applier<'_, R> {
                 self.touch_dir(new_parent, -1)?;
                 Ok(None)
             }
-            (false, false) => self.drop_link(tgt.ino),
+            (false, false) => self.drop_link(tgt.ino, new_parent),
         }
     }
 

@@ -252,6 +252,7 @@ fn extents(r: &impl KvRead, ino: Ino, offset: u64, len: u64) -> OpResult<MetaRep
         attr: rec.attr(ino),
         extents: out,
         inline,
+        guard_dir: rec.guard_dir(),
     })
 }
 

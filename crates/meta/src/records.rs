@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{DIR_SIZE_BYTES, StoreError};
 
+/// `InodeRec::parent` of a non-directory none of whose names is known to be in a
+/// particular directory (inode numbers start at 1).
+pub(crate) const NO_PARENT: Ino = 0;
+
 /// An inode (`I` key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct InodeRec {
@@ -35,8 +39,10 @@ pub(crate) struct InodeRec {
     /// Creation.
     pub crtime: Timestamp,
     /// For directories: the directory holding it (itself for a volume root). For other
-    /// inodes a hint: the directory of the name it was created or last renamed under
-    /// (hard links may make it stale); used to show paths in `plait lock list`.
+    /// inodes: the directory of one of its names (the one it was created, last renamed or
+    /// linked under), or [`NO_PARENT`] once that name was removed while others remain.
+    /// Exact, not a hint: it names the directory whose delegation guards a file's content
+    /// (`apply::dir_delegation`), and the paths shown by `plait lock list`.
     pub parent: Ino,
     /// For symlinks: the target. Empty otherwise.
     pub target: Vec<u8>,
@@ -71,6 +77,12 @@ impl InodeRec {
             ctime: self.ctime,
             crtime: self.crtime,
         }
+    }
+
+    /// The directory whose delegation guards this file's content: a name of it is there.
+    /// `None` for other kinds and when no such directory is known.
+    pub fn guard_dir(&self) -> Option<Ino> {
+        (self.kind == FileKind::File && self.parent != NO_PARENT).then_some(self.parent)
     }
 
     /// Sets mtime and ctime to `now`, as any change to a directory's entries does.

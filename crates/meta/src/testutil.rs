@@ -194,6 +194,7 @@ impl Fs {
                 size: Some(size),
                 ..Default::default()
             },
+            session: None,
         })
     }
 
@@ -499,6 +500,15 @@ fn check_links(s: &State) {
             assert!(!s.orphans.contains(ino), "orphan dir {ino}");
         } else {
             assert_eq!(rec.nlink, n, "nlink of {ino}");
+            if rec.parent != crate::records::NO_PARENT {
+                assert!(
+                    s.dentries
+                        .iter()
+                        .any(|(p, _, d)| *p == rec.parent && d.ino == *ino),
+                    "parent {} of {ino} names it nowhere",
+                    rec.parent
+                );
+            }
             assert_eq!(s.orphans.contains(ino), n == 0, "orphan marker of {ino}");
         }
     }

@@ -34,7 +34,7 @@ pub use server::{REFUSED, Server, ServerLimits, UNAUTHENTICATED_FRAME_MAX_BYTES}
 pub const SERVER_NAME: &str = "plait";
 
 /// ALPN protocol id both sides offer (QUIC requires ALPN). Bump with incompatible framing.
-pub const ALPN: &[u8] = b"plait/2";
+pub const ALPN: &[u8] = b"plait/3";
 
 /// Why a transport operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 /// Version of the wire protocol; a peer that speaks another version is refused with
 /// [`ErrorCode::Protocol`] before its request is looked at. Version 2 moved chunk bytes out
 /// of the encoded message into the frame's bulk ([`frame`]); a version-1 frame is refused
-/// as malformed.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// as malformed. Version 3 added the session to `SetAttr` and the guarding directory to
+/// `Extents` answers (local opens under held directories).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest chunk, in bytes. Files are cut into chunks of at most this size.
 pub const CHUNK_MAX_BYTES: usize = 4 * 1024 * 1024;

@@ -157,9 +157,16 @@ pub enum MetaOp {
         ino: Ino,
         /// Changes.
         set: SetAttr,
+        /// The changing mount's session, if it has one: a size change of a file whose
+        /// directory another session holds recalls that directory first (`DirRecalling`),
+        /// as a `Write` does, since the holder may answer opens of the file itself.
+        session: Option<SessionId>,
     },
     /// Commit written data: each extent replaces what was at its range; the size grows to
-    /// cover the last extent. mtime and ctime become the commit time.
+    /// cover the last extent. mtime and ctime become the commit time. A write by any
+    /// session but the holder of the directory guarding the file (see
+    /// `MetaReply::Extents::guard_dir`) recalls that directory and is answered
+    /// `DirRecalling`, not applied.
     Write {
         /// File.
         ino: Ino,
@@ -678,6 +685,11 @@ pub enum MetaReply {
         /// than [`crate::INLINE_BATCH_MAX_BYTES`] of bodies.
         #[serde(with = "crate::codec::byte_list")]
         inline: Vec<Vec<u8>>,
+        /// The directory that guards the file's content: while a session holds it, any
+        /// other session's content change (`Write`, a size `SetAttr`) recalls it first, so
+        /// its holder may answer opens of the file from what it last fetched. `None` when
+        /// the group does not know a directory naming the file (some hard-link histories).
+        guard_dir: Option<Ino>,
     },
     /// An extended attribute value.
     Xattr(Vec<u8>),

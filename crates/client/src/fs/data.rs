@@ -43,6 +43,9 @@ impl PlaitFs {
     /// current file instead of handing out a dead one).
     pub async fn open(&self, ino: Ino, truncate: bool) -> Result<u64, FsError> {
         self.settle_pending(ino).await?;
+        if !truncate && let Some(fh) = self.open_held(ino) {
+            return Ok(fh);
+        }
         let fh = self.register_file(ino);
         let checked = if truncate {
             self.truncate_for_open(ino).await.map(|_| ())
@@ -74,11 +77,32 @@ impl PlaitFs {
         st.extents.as_ref().map(|w| w.size)
     }
 
-    /// Fetches and caches the first extent window of `ino` (see [`Self::open`]).
+    /// An open that needs no request: the file's first window is kept because a
+    /// directory this mount holds guards its content (see `held_windows`). `None`: ask.
+    pub(super) fn open_held(&self, ino: Ino) -> Option<u64> {
+        let window = self.held_window(ino)?;
+        let fh = self.register_file(ino);
+        let entry = self.inode_entry_or_new(ino);
+        entry.lock().extents = Some(window);
+        Some(fh)
+    }
+
+    /// Fetches and caches the first extent window of `ino` (see [`Self::open`]), and
+    /// keeps it for later opens if a directory this mount holds guards the file.
     async fn prefetch_window(&self, ino: Ino) -> Result<(), FsError> {
         let entry = self.inode_entry_or_new(ino);
         let generation = entry.lock().extent_gen;
-        self.load_window(ino, &entry, generation, 0, 1).await?;
+        let epoch = self.window_epoch();
+        let (start, end) = window_for(0, 1);
+        let (window, guard_dir) = fetch_window(&self.client, ino, start, end).await?;
+        let window = Arc::new(window);
+        {
+            let mut st = entry.lock();
+            if st.extent_gen == generation {
+                st.extents = Some(window.clone());
+            }
+        }
+        self.keep_window(ino, guard_dir, &window, epoch);
         Ok(())
     }
 
@@ -317,7 +341,7 @@ impl PlaitFs {
             tokio::spawn(async move {
                 let end = start + EXTENT_WINDOW_BYTES;
                 let ahead = match fetch_window(&client, ino, start, end).await {
-                    Ok(w) => w,
+                    Ok((w, _)) => w,
                     Err(e) => return debug!(ino, error = %e, "read-ahead: extents failed"),
                 };
                 let remote: Vec<ChunkId> = chunks_needed(&ahead.extents, start, end)
@@ -382,7 +406,7 @@ impl PlaitFs {
     /// The extents of `[start, end)`, asking again from the end of the last extent while
     /// the service returns full pages (it caps the extents per reply).
     async fn fetch_window(&self, ino: Ino, start: u64, end: u64) -> Result<ExtentWindow, FsError> {
-        fetch_window(&self.client, ino, start, end).await
+        Ok(fetch_window(&self.client, ino, start, end).await?.0)
     }
 
     /// Buffers `data` at `offset` of file `ino` (handle `fh`) and returns its length.
@@ -1000,13 +1024,14 @@ fn begin_flush(fs: &PlaitFs, entry: &InodeEntry, scope: FlushScope) -> Option<Ar
 }
 
 /// The extents of `[start, end)` of `ino`, asking again from the end of the last extent
-/// while the service returns full pages (it caps the extents per reply).
+/// while the service returns full pages (it caps the extents per reply), and the
+/// directory guarding the file's content (from the last answer).
 async fn fetch_window(
     client: &ClusterClient,
     ino: Ino,
     start: u64,
     end: u64,
-) -> Result<ExtentWindow, FsError> {
+) -> Result<(ExtentWindow, Option<Ino>), FsError> {
     let mut extents: Vec<Extent> = Vec::new();
     let mut inline: HashMap<ChunkId, ChunkData> = HashMap::new();
     let mut cursor = start;
@@ -1022,6 +1047,7 @@ async fn fetch_window(
             attr,
             extents: page,
             inline: bodies,
+            guard_dir,
         } = reply
         else {
             return Err(unexpected("Extents", &reply));
@@ -1033,13 +1059,14 @@ async fn fetch_window(
         let next = page.last().map_or(cursor, Extent::end);
         extents.extend(page.into_iter().filter(|e| e.end() > cursor));
         if next <= cursor || next >= end || next >= attr.size {
-            return Ok(ExtentWindow {
+            let window = ExtentWindow {
                 start,
                 end,
                 size: attr.size,
                 extents,
                 inline,
-            });
+            };
+            return Ok((window, guard_dir));
         }
         cursor = next;
     }

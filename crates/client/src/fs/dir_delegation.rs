@@ -35,6 +35,8 @@ use plait_proto::{
 };
 use tracing::{debug, warn};
 
+use super::extents::{EXTENT_WINDOW_BYTES, ExtentWindow};
+use super::held_windows::HeldWindows;
 use super::{FsError, NewFile, PlaitFs, check_name, lock, unexpected};
 
 /// Creates in one directory within [`DIR_INTEREST_WINDOW_MS`] after which the mount asks
@@ -150,6 +152,8 @@ struct Inner {
     unhealthy: bool,
     /// Flushes and syncs waiting for a commit (the batch task then does not linger).
     waiting: usize,
+    /// First windows of files the held directories guard: opens answered here.
+    windows: HeldWindows,
 }
 
 /// A file queued for a batch: its create and its bytes, or the removal of one of the
@@ -279,8 +283,10 @@ impl PlaitFs {
         parent: Ino,
         name: &[u8],
     ) -> Option<Result<Attr, FsError>> {
-        let inner = lock(&self.dir_delegations.inner);
-        let dir = inner.dirs.get(&parent)?;
+        let mut inner = lock(&self.dir_delegations.inner);
+        let dir = inner.dirs.get_mut(&parent)?;
+        // Looked in: in use (not given back as idle while this mount reads it).
+        dir.last_used = Instant::now();
         if let Some(attr) = dir.created.get(name) {
             let attr = attr.clone();
             drop(inner);
@@ -322,6 +328,62 @@ impl PlaitFs {
             .pending
             .get(&ino)
             .map(|(dir, _)| *dir)
+    }
+
+    /// The window an open of `ino` may take instead of asking the group: kept for a
+    /// directory this mount holds now (not leaving) under its current session, renewed
+    /// within its lease (past it the group may have ended the session and let others
+    /// write). Counts as use of the directory (one read from is not idle).
+    pub(super) fn held_window(&self, ino: Ino) -> Option<Arc<ExtentWindow>> {
+        let session = self.session().ok()?;
+        let (window, holder) = {
+            let mut inner = lock(&self.dir_delegations.inner);
+            let (dir, window) = inner.windows.get(ino)?;
+            let held = inner.dirs.get_mut(&dir)?;
+            if held.leaving {
+                return None;
+            }
+            held.last_used = Instant::now();
+            (window, held.session)
+        };
+        session.is_live(holder).then_some(window)
+    }
+
+    /// Take before fetching a window that [`Self::keep_window`] may keep.
+    pub(super) fn window_epoch(&self) -> u64 {
+        lock(&self.dir_delegations.inner).windows.epoch()
+    }
+
+    /// Keeps `ino`'s first window, fetched since `epoch`, if the directory guarding the
+    /// file (`guard_dir`, from the same answer) is held here.
+    pub(super) fn keep_window(
+        &self,
+        ino: Ino,
+        guard_dir: Option<Ino>,
+        window: &Arc<ExtentWindow>,
+        epoch: u64,
+    ) {
+        let (Some(dir), Ok(session)) = (guard_dir, self.session()) else {
+            return;
+        };
+        let mut guard = lock(&self.dir_delegations.inner);
+        let inner = &mut *guard;
+        if window.start == 0
+            && inner
+                .dirs
+                .get(&dir)
+                .is_some_and(|h| !h.leaving && h.session == session.id())
+        {
+            inner.windows.keep(ino, dir, window.clone(), epoch);
+        }
+    }
+
+    /// This mount changed `ino`'s content, or tried to (the outcome may be unknown): its
+    /// kept window goes, and windows fetched meanwhile are not kept.
+    pub(super) fn content_changed(&self, ino: Ino) {
+        let mut inner = lock(&self.dir_delegations.inner);
+        inner.windows.forget(ino);
+        inner.windows.bump();
     }
 
     /// Creates `parent/name` locally if this mount holds `parent` (asking for it after a
@@ -382,6 +444,7 @@ impl PlaitFs {
         };
         if dir.leaving || !self.session().is_ok_and(|s| s.id() == dir.session) {
             dir.leaving = true;
+            inner.windows.forget_dir(parent);
             return HeldCreate::NotHere;
         }
         dir.last_used = Instant::now();
@@ -496,6 +559,8 @@ impl PlaitFs {
         held.names.remove(name);
         held.unlinking.insert(ino);
         inner.unlink_failed.remove(&ino);
+        inner.windows.forget(ino);
+        inner.windows.bump();
         let now = now_timestamp();
         held.attr.mtime = now;
         held.attr.ctime = now;
@@ -639,7 +704,11 @@ impl PlaitFs {
             "directory delegated"
         );
         let now = Instant::now();
-        lock(&self.dir_delegations.inner).dirs.insert(
+        let mut inner = lock(&self.dir_delegations.inner);
+        // Windows fetched before the grant are not the group's last word on this
+        // directory's files.
+        inner.windows.bump();
+        inner.dirs.insert(
             dir,
             HeldDir {
                 names,
@@ -655,6 +724,7 @@ impl PlaitFs {
                 session,
             },
         );
+        drop(inner);
         self.dir_delegations.added.notify_one();
         Ok(true)
     }
@@ -665,6 +735,12 @@ impl PlaitFs {
             .read_dir_all(dir, DIR_NAMES_MAX)
             .await?
             .map(|entries| entries.into_iter().map(|e| (e.name, e.attr.ino)).collect()))
+    }
+
+    /// True if a refusal of `ino`'s batch waits to be reported (by its next open, flush
+    /// or sync).
+    pub(super) fn has_failure(&self, ino: Ino) -> bool {
+        lock(&self.dir_delegations.inner).failed.contains_key(&ino)
     }
 
     /// Queues a file created here, with `writes` (its buffered bytes, possibly none), for
@@ -891,6 +967,7 @@ impl PlaitFs {
         let pending: Vec<Ino> = {
             let mut inner = lock(&self.dir_delegations.inner);
             let asking = inner.asking.contains(&dir);
+            inner.windows.forget_dir(dir);
             match inner.dirs.get_mut(&dir) {
                 Some(held) => {
                     held.leaving = true;
@@ -928,6 +1005,7 @@ impl PlaitFs {
         {
             inner.dirs.remove(&dir);
         }
+        inner.windows.forget_dir(dir);
         debug!(dir, "directory given back");
         Ok(())
     }
@@ -995,6 +1073,25 @@ impl PlaitFs {
                 reply => return Ok(reply),
             };
             debug!(dir, "waiting for another mount to give a directory back");
+            self.wait_dir_returned(dir, deadline).await?;
+        }
+    }
+
+    /// Proposes a content change, waiting while another mount gives back the directory
+    /// guarding the file (bounded by [`DIR_RECALL_WAIT_MAX_MS`], then EAGAIN). Unlike
+    /// [`Self::meta_waiting`] it gives back nothing of this mount's: the holder's own
+    /// changes are not refused.
+    pub(super) async fn meta_recalling(&self, op: MetaOp) -> Result<MetaReply, RpcError> {
+        let deadline = Instant::now() + Duration::from_millis(DIR_RECALL_WAIT_MAX_MS);
+        loop {
+            let dir = match self.client.meta(op.clone()).await? {
+                MetaReply::DirRecalling { dir } => dir,
+                reply => return Ok(reply),
+            };
+            debug!(
+                dir,
+                "waiting for another mount to give back the directory of a file it changes"
+            );
             self.wait_dir_returned(dir, deadline).await?;
         }
     }
@@ -1143,9 +1240,25 @@ impl PlaitFs {
             let inner = &mut *guard;
             inner.in_flight_since = None;
             match &result {
-                Ok(_) => {
+                Ok(replies) => {
                     inner.unhealthy = false;
+                    // Still held under the batch's session: its files' content is what
+                    // the batch committed (kept here, before anyone waiting on the
+                    // commit may change it).
+                    let guarding = inner
+                        .dirs
+                        .get(&dir)
+                        .is_some_and(|h| !h.leaving && h.session == session);
+                    let mut replies = replies.iter();
                     for f in &files {
+                        let size = replies
+                            .by_ref()
+                            .take(f.ops.len())
+                            .filter_map(|r| match r {
+                                MetaReply::Attr(a) => Some(a.size),
+                                _ => None,
+                            })
+                            .last();
                         inner.queued.remove(&f.ino);
                         let Some(held) = inner.dirs.get_mut(&dir) else {
                             inner.pending.remove(&f.ino);
@@ -1157,6 +1270,13 @@ impl PlaitFs {
                             inner.pending.remove(&f.ino);
                             held.created.remove(&f.name);
                             held.names.insert(f.name.clone(), f.ino);
+                            if guarding
+                                && let Some(window) =
+                                    size.and_then(|size| created_window(&f.ops, size))
+                            {
+                                let epoch = inner.windows.epoch();
+                                inner.windows.keep(f.ino, dir, Arc::new(window), epoch);
+                            }
                         }
                     }
                 }
@@ -1176,6 +1296,7 @@ impl PlaitFs {
                         && let Some(held) = inner.dirs.get_mut(&dir)
                     {
                         held.leaving = true;
+                        inner.windows.forget_dir(dir);
                     }
                     for f in &files {
                         inner.queued.remove(&f.ino);
@@ -1319,6 +1440,43 @@ impl PlaitFs {
             }
         }
     }
+}
+
+/// The first extent window of a file a batch created with `ops` (its create and at most
+/// one write), `size` bytes long as committed. `None` for more than one write (later
+/// extents may replace earlier ones: not worth merging here).
+fn created_window(ops: &[DirBatchOp], size: u64) -> Option<ExtentWindow> {
+    let mut writes = ops.iter().filter_map(|op| match op {
+        DirBatchOp::Write {
+            extents, inline, ..
+        } => Some((extents, inline)),
+        _ => None,
+    });
+    let (extents, bodies) = match (writes.next(), writes.next()) {
+        (None, _) => (Vec::new(), HashMap::new()),
+        (Some((extents, inline)), None) => {
+            let kept: Vec<_> = extents
+                .iter()
+                .filter(|e| e.file_offset < EXTENT_WINDOW_BYTES)
+                .copied()
+                .collect();
+            let bodies = inline
+                .iter()
+                .map(|b| (plait_proto::ChunkId::of(b), b))
+                .filter(|(id, _)| kept.iter().any(|e| e.chunk == *id))
+                .map(|(id, b)| (id, Arc::new(b.clone())))
+                .collect();
+            (kept, bodies)
+        }
+        (Some(_), Some(_)) => return None,
+    };
+    Some(ExtentWindow {
+        start: 0,
+        end: EXTENT_WINDOW_BYTES,
+        size,
+        extents,
+        inline: bodies,
+    })
 }
 
 /// End of the bytes `writes` put in a file (0 if none).

@@ -34,6 +34,16 @@ impl PlaitFs {
         self.delegated_attr(ino)
     }
 
+    /// An open of a file whose first window is kept under a held directory (see
+    /// `held_windows`): no request. `None`: take [`Self::open`] (also for O_TRUNC, and for
+    /// a file created here and not committed, or whose commit failed unreported).
+    pub fn open_local(&self, ino: Ino, truncate: bool) -> Option<u64> {
+        if truncate || self.pending_dir(ino).is_some() || self.has_failure(ino) {
+            return None;
+        }
+        self.open_held(ino)
+    }
+
     /// An xattr this mount knows is absent (ENODATA). `None`: ask [`Self::getxattr`].
     pub fn getxattr_local(&self, ino: Ino, name: &[u8]) -> Option<FsError> {
         (super::check_xattr_name(name).is_ok() && self.xattr_absent_here(ino, name))

@@ -25,6 +25,7 @@ mod dir_delegation;
 mod dirty;
 mod extents;
 mod fast;
+mod held_windows;
 mod inode;
 mod locks;
 mod names;
@@ -267,9 +268,21 @@ impl PlaitFs {
     /// answered with its new attributes: like [`Self::commit`], except that snapshots are
     /// kept and updated with those attributes (a run of `create, write, close` in one
     /// directory keeps its snapshot).
+    ///
+    /// A content change (`Write`, a size `SetAttr`) of a file whose directory another
+    /// mount holds waits for that directory to be given back (the group answers
+    /// `DirRecalling`); whatever its outcome, this mount's kept window of the file goes.
     async fn commit_attr_change(&self, op: MetaOp) -> Result<MetaReply, RpcError> {
         let generation = self.statahead.begin_change();
-        let reply = self.client.meta(op).await;
+        let changed = match &op {
+            MetaOp::Write { ino, .. } => Some(*ino),
+            MetaOp::SetAttr { ino, set, .. } if set.size.is_some() => Some(*ino),
+            _ => None,
+        };
+        let reply = self.meta_recalling(op).await;
+        if let Some(ino) = changed {
+            self.content_changed(ino);
+        }
         match &reply {
             Ok(MetaReply::Attr(attr)) => self.statahead.updated(generation, attr),
             _ => self.statahead.invalidate(),
@@ -757,7 +770,11 @@ impl PlaitFs {
 
     async fn setattr_remote(&self, ino: Ino, set: SetAttr) -> Result<Attr, FsError> {
         let reply = self
-            .commit_attr_change(MetaOp::SetAttr { ino, set })
+            .commit_attr_change(MetaOp::SetAttr {
+                ino,
+                set,
+                session: self.asker(),
+            })
             .await?;
         Ok(self.with_dirty_size(expect_attr("SetAttr", reply)?))
     }

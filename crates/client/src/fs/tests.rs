@@ -854,3 +854,71 @@ async fn an_unlink_of_a_file_open_here_is_committed_before_it_returns() {
     fs.release(ino, fh).await.unwrap();
     serving.abort();
 }
+
+/// Opens and reads `ino` whole through a new handle.
+async fn open_and_read(fs: &PlaitFs, ino: Ino) -> Vec<u8> {
+    let fh = fs.open(ino, false).await.unwrap();
+    let bytes = fs.read(ino, fh, 0, 4096).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    bytes
+}
+
+#[tokio::test]
+async fn opens_of_files_a_held_directory_guards_need_no_request() {
+    let fake = fake::new_fake();
+    let (fs, serving) = mount_closing_behind(&fake).await;
+    let mut inos = Vec::new();
+    for i in 0..8 {
+        inos.push(create_and_close(&fs, &format!("r{i}"), format!("body {i}").as_bytes()).await);
+    }
+    fs.settle_dir(ROOT).await.unwrap();
+    assert!(state(&fake).dir_holders.contains_key(&ROOT));
+    // The files committed by batches are known here; the first few (created before the
+    // directory was held) are fetched once and kept.
+    let queries = || state(&fake).extent_queries;
+    let before = queries();
+    for (i, ino) in inos.iter().enumerate() {
+        assert_eq!(
+            open_and_read(&fs, *ino).await,
+            format!("body {i}").as_bytes()
+        );
+    }
+    assert!(queries() - before < 3, "{} queries", queries() - before);
+    let before = queries();
+    for (i, ino) in inos.iter().enumerate() {
+        assert_eq!(
+            open_and_read(&fs, *ino).await,
+            format!("body {i}").as_bytes()
+        );
+        // The fast path of the FUSE adapter answers the same way.
+        let fh = fs.open_local(*ino, false).expect("answered here");
+        fs.release(*ino, fh).await.unwrap();
+    }
+    assert_eq!(queries(), before, "no open asked the group");
+    // A change of this mount's own drops the kept window: the next open asks again.
+    let fh = fs.open(inos[5], false).await.unwrap();
+    fs.write(inos[5], fh, 0, b"BODY").await.unwrap();
+    fs.flush(inos[5]).await.unwrap();
+    fs.release(inos[5], fh).await.unwrap();
+    assert!(fs.open_local(inos[5], false).is_none());
+    assert_eq!(open_and_read(&fs, inos[5]).await, b"BODY 5");
+    fs.setattr(
+        inos[6],
+        SetAttr {
+            size: Some(2),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(open_and_read(&fs, inos[6]).await, b"bo");
+    // O_TRUNC always asks.
+    assert!(fs.open_local(inos[7], true).is_none());
+    // Given back: nothing is answered here any more.
+    fs.give_back_all_dirs().await.unwrap();
+    assert!(inos.iter().all(|ino| fs.open_local(*ino, false).is_none()));
+    let before = queries();
+    assert_eq!(open_and_read(&fs, inos[7]).await, b"body 7");
+    assert_eq!(queries(), before + 1);
+    serving.abort();
+}

@@ -208,6 +208,26 @@ impl<R: KvRead> Applier<'_, R> {
         Ok(None)
     }
 
+    /// A change of file `ino`'s content by `session` (`None`: a tool): `Some`
+    /// (`DirRecalling`, with the recall recorded) if another session holds the directory
+    /// guarding the file, so the change must wait for it to be given back. The holder
+    /// answers opens of the file from the extents it fetched while holding it; without
+    /// this a write from another mount would not be seen by those opens.
+    pub(super) fn content_guard(
+        &mut self,
+        ino: Ino,
+        session: Option<SessionId>,
+    ) -> OpResult<Option<MetaReply>> {
+        // A missing inode is for the op itself to report.
+        let Some(dir) = read::inode(&self.txn, ino)?.and_then(|rec| rec.guard_dir()) else {
+            return Ok(None);
+        };
+        match dir_holder(&self.txn, dir)? {
+            Some(holder) if Some(holder) != session => self.recall_dir(dir).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// `DirBatch`: every op or none. Resending a batch that was applied changes nothing
     /// but the files' times (its creates find their files, its writes put the same
     /// extents back), so a mount may resend after an ambiguous failure.
@@ -283,7 +303,18 @@ impl<R: KvRead> Applier<'_, R> {
                     extents,
                     under_replicated,
                     inline,
-                } => self.write(*ino, extents, under_replicated, inline)?,
+                } => {
+                    // Only files whose content this delegation guards: anything else
+                    // could be another holder's (a batch carries no recalls).
+                    let rec = read::require_inode(&self.txn, *ino)?;
+                    if rec.guard_dir() != Some(dir) {
+                        return Err(refuse(
+                            ErrorCode::InvalidArgument,
+                            format!("file {ino} is not guarded by directory {dir}"),
+                        ));
+                    }
+                    self.write(*ino, extents, under_replicated, inline)?
+                }
                 DirBatchOp::Unlink { name, ino } => self.batch_unlink(dir, name, *ino)?,
             };
             replies.push(reply);

@@ -534,3 +534,157 @@ fn other_sessions_questions_about_absent_names_and_listings_wait_for_the_holder(
         matches!(fs.q(list(Some(other))), Ok(MetaReply::Entries { entries, .. }) if entries.len() == 2)
     );
 }
+
+fn guard_dir(fs: &Fs, ino: u64) -> Option<u64> {
+    match fs.q(MetaQuery::Extents {
+        ino,
+        offset: 0,
+        len: 1,
+    }) {
+        Ok(MetaReply::Extents { guard_dir, .. }) => guard_dir,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn write_as(fs: &mut Fs, ino: u64, body: &[u8], session: Option<u64>) -> MetaReply {
+    fs.exec(MetaOp::Write {
+        ino,
+        extents: vec![Extent {
+            file_offset: 0,
+            len: body.len() as u64,
+            chunk: ChunkId::of(body),
+            chunk_offset: 0,
+        }],
+        under_replicated: Vec::new(),
+        session,
+        inline: vec![body.to_vec()],
+    })
+    .unwrap()
+}
+
+fn truncate_as(fs: &mut Fs, ino: u64, size: Option<u64>, session: Option<u64>) -> MetaReply {
+    fs.exec(MetaOp::SetAttr {
+        ino,
+        set: plait_proto::meta::SetAttr {
+            size,
+            perm: Some(0o600),
+            ..Default::default()
+        },
+        session,
+    })
+    .unwrap()
+}
+
+#[test]
+fn another_sessions_content_change_recalls_the_guarding_directory() {
+    let (mut fs, root) = Fs::with_volume();
+    let dir = fs.mkdir(root, "d");
+    let f = fs.mkfile(dir, "f");
+    assert_eq!(guard_dir(&fs, f), Some(dir));
+    let holder = session(&mut fs, 10_000);
+    let other = session(&mut fs, 10_000);
+    delegate(&mut fs, dir, holder).unwrap();
+    // The holder changes its files' content freely.
+    assert!(matches!(
+        write_as(&mut fs, f, b"mine", Some(holder)),
+        MetaReply::Attr(_)
+    ));
+    assert!(matches!(
+        truncate_as(&mut fs, f, Some(2), Some(holder)),
+        MetaReply::Attr(_)
+    ));
+    assert_eq!(recalls(&fs, holder), Vec::<u64>::new());
+    // Anyone else's write or size change (tools included) waits for the directory.
+    for session in [Some(other), None] {
+        assert_eq!(
+            write_as(&mut fs, f, b"theirs", session),
+            MetaReply::DirRecalling { dir }
+        );
+        assert_eq!(
+            truncate_as(&mut fs, f, Some(0), session),
+            MetaReply::DirRecalling { dir }
+        );
+    }
+    assert_eq!(fs.attr(f).size, 2, "nothing applied");
+    assert_eq!(recalls(&fs, holder), vec![dir]);
+    // Other attribute changes are not content: applied.
+    assert!(matches!(
+        truncate_as(&mut fs, f, None, Some(other)),
+        MetaReply::Attr(_)
+    ));
+    // Given back: the write goes through.
+    fs.exec(MetaOp::ReturnDirDelegation {
+        dir,
+        session: holder,
+    })
+    .unwrap();
+    assert!(matches!(
+        write_as(&mut fs, f, b"theirs", Some(other)),
+        MetaReply::Attr(_)
+    ));
+    assert_eq!(fs.attr(f).size, 6);
+    fs.check();
+}
+
+#[test]
+fn the_guarding_directory_follows_the_files_names() {
+    let (mut fs, root) = Fs::with_volume();
+    let d = fs.mkdir(root, "d");
+    let e = fs.mkdir(root, "e");
+    let f = fs.mkfile(d, "f");
+    fs.rename(d, "f", e, "g", RenameMode::Replace).unwrap();
+    assert_eq!(guard_dir(&fs, f), Some(e));
+    // A second name elsewhere: still guarded by the first while it exists.
+    fs.link(f, d, "h").unwrap();
+    assert_eq!(guard_dir(&fs, f), Some(e));
+    fs.unlink(d, "h").unwrap();
+    assert_eq!(guard_dir(&fs, f), Some(e));
+    fs.link(f, d, "h").unwrap();
+    fs.unlink(e, "g").unwrap();
+    // Its directory's name went and the others' are not known: not guarded.
+    assert_eq!(guard_dir(&fs, f), None);
+    let holder = session(&mut fs, 10_000);
+    delegate(&mut fs, d, holder).unwrap();
+    let other = session(&mut fs, 10_000);
+    assert!(matches!(
+        write_as(&mut fs, f, b"x", Some(other)),
+        MetaReply::Attr(_)
+    ));
+    // A new link makes it known again.
+    fs.exec(MetaOp::ReturnDirDelegation {
+        dir: d,
+        session: holder,
+    })
+    .unwrap();
+    fs.link(f, e, "again").unwrap();
+    assert_eq!(guard_dir(&fs, f), Some(e));
+    fs.check();
+}
+
+#[test]
+fn a_batch_writes_only_files_its_directory_guards() {
+    let (mut fs, root) = Fs::with_volume();
+    let d = fs.mkdir(root, "d");
+    let e = fs.mkdir(root, "e");
+    let elsewhere = fs.mkfile(e, "x");
+    let s = session(&mut fs, 10_000);
+    let (first, _) = delegate(&mut fs, d, s).unwrap();
+    let refused = batch(
+        &mut fs,
+        d,
+        s,
+        vec![create_op("a", first), inline_write(elsewhere, b"sneaky")],
+    );
+    assert_eq!(code(refused), ErrorCode::InvalidArgument);
+    assert_eq!(fs.attr(elsewhere).size, 0);
+    assert_eq!(fs.lookup(d, "a"), None);
+    batch(
+        &mut fs,
+        d,
+        s,
+        vec![create_op("a", first), inline_write(first, b"ok")],
+    )
+    .unwrap();
+    assert_eq!(guard_dir(&fs, first), Some(d));
+    fs.check();
+}

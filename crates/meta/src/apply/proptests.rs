@@ -314,7 +314,7 @@ fn any_op() -> impl Strategy<Value = MetaOp> {
             inline: Vec::new(),
         }),
         1 => (ino(), 0u64..80).prop_map(|(ino, size)| MetaOp::SetAttr {
-            ino, set: SetAttr { size: Some(size), ..SetAttr::default() }
+            ino, set: SetAttr { size: Some(size), ..SetAttr::default() }, session: None
         }),
         2 => ino().prop_map(|ino| MetaOp::Reap { ino }),
         1 => (ino(), name()).prop_map(|(ino, name)| MetaOp::SetXattr {
@@ -463,6 +463,7 @@ fn resolve(fs: &Fs, op: &PickedOp) -> Option<MetaOp> {
                 size: Some(size),
                 ..SetAttr::default()
             },
+            session: None,
         },
         PickedOp::Reap(x) => MetaOp::Reap {
             ino: pick(&orphans, x).or_else(|| pick(&inos, x))?,

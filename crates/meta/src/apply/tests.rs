@@ -762,6 +762,7 @@ fn set_attr_fields_and_times() {
             atime: Some(TimeSet::At(ts(100))),
             mtime: Some(TimeSet::Now),
         },
+        session: None,
     }) else {
         panic!()
     };
@@ -772,6 +773,7 @@ fn set_attr_fields_and_times() {
     let Ok(MetaReply::Attr(same)) = fs.exec(MetaOp::SetAttr {
         ino: f,
         set: SetAttr::default(),
+        session: None,
     }) else {
         panic!()
     };
@@ -863,6 +865,7 @@ fn truncate_mtime_rules() {
             mtime: Some(TimeSet::At(ts(5))),
             ..Default::default()
         },
+        session: None,
     })
     .unwrap();
     assert_eq!(fs.attr(f).mtime, ts(5), "explicit mtime wins");
@@ -1045,6 +1048,7 @@ fn writes_read_only_the_extents_they_overlap() {
                 size: Some(9002),
                 ..Default::default()
             },
+            session: None,
         },
     );
     assert!(entries <= 100 + 1, "truncate read {entries} entries");
@@ -1297,6 +1301,7 @@ fn corrupt_records_are_store_errors_not_panics() {
                 size: Some(0),
                 ..Default::default()
             },
+            session: None,
         }),
     );
     assert!(
