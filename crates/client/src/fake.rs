@@ -481,11 +481,17 @@ impl FakeState {
                     inline,
                     ..
                 } => self.write(*ino, extents, inline)?,
-                DirBatchOp::Unlink { name, ino } => {
-                    if self.dentries.get(&(dir, name.clone())) == Some(ino) {
-                        self.unlink(dir, name)?
-                    } else {
+                DirBatchOp::Unlink { name, ino, reap } => {
+                    if self.dentries.get(&(dir, name.clone())) != Some(ino) {
                         MetaReply::Removed { orphan: None }
+                    } else {
+                        match self.unlink(dir, name)? {
+                            MetaReply::Removed { orphan: Some(o) } if *reap => {
+                                self.apply(&MetaOp::Reap { ino: o })?;
+                                MetaReply::Removed { orphan: None }
+                            }
+                            other => other,
+                        }
                     }
                 }
             });

@@ -448,6 +448,10 @@ pub enum DirBatchOp {
         name: Vec<u8>,
         /// The inode the sender saw under it.
         ino: Ino,
+        /// Reap the file in the same commit if this was its last link (the sender knows
+        /// it is open nowhere on its mount, as before a `MetaOp::Reap`): answered
+        /// `Removed { orphan: None }` then.
+        reap: bool,
     },
 }
 

@@ -569,9 +569,12 @@ impl PlaitFs {
             ino,
             name: name.to_vec(),
             unlink: true,
+            // Open nowhere here and its last link (checked by the caller): reaped in the
+            // same commit rather than by one more commit of its own.
             ops: vec![DirBatchOp::Unlink {
                 name: name.to_vec(),
                 ino,
+                reap: true,
             }],
             inline_bytes: 0,
             alone: false,

@@ -315,7 +315,9 @@ impl<R: KvRead> Applier<'_, R> {
                     }
                     self.write(*ino, extents, under_replicated, inline)?
                 }
-                DirBatchOp::Unlink { name, ino } => self.batch_unlink(dir, name, *ino)?,
+                DirBatchOp::Unlink { name, ino, reap } => {
+                    self.batch_unlink(dir, name, *ino, *reap)?
+                }
             };
             replies.push(reply);
         }
@@ -324,14 +326,23 @@ impl<R: KvRead> Applier<'_, R> {
 
     /// A batch's unlink: removes `name` if it still names `ino` (idempotent: a resent
     /// batch finds it gone, and nobody but the holder can name anything in the directory
-    /// meanwhile). A directory under that name is refused, as by `unlink(2)`.
-    fn batch_unlink(&mut self, dir: Ino, name: &[u8], ino: Ino) -> OpResult<MetaReply> {
+    /// meanwhile). A directory under that name is refused, as by `unlink(2)`. With `reap`
+    /// a file left without links is reaped in the same commit.
+    fn batch_unlink(&mut self, dir: Ino, name: &[u8], ino: Ino, reap: bool) -> OpResult<MetaReply> {
         match read::dentry(&self.txn, dir, name)? {
             Some(d) if d.ino == ino && d.is_dir() => Err(refuse(
                 ErrorCode::IsDir,
                 format!("{:?} is a directory", String::from_utf8_lossy(name)),
             )),
-            Some(d) if d.ino == ino => self.unlink(dir, name),
+            Some(d) if d.ino == ino => match self.unlink(dir, name)? {
+                MetaReply::Removed {
+                    orphan: Some(orphan),
+                } if reap => {
+                    self.reap(orphan)?;
+                    Ok(MetaReply::Removed { orphan: None })
+                }
+                other => Ok(other),
+            },
             // Gone already (a resent batch): if that left the file without links and it is
             // not reaped yet, say so again, or the sender, whose first answer was lost,
             // would never reap it (a second reap is refused harmlessly).

@@ -286,6 +286,7 @@ fn a_batch_removes_names_and_a_resent_unlink_spares_a_new_file_of_that_name() {
     let unlink = |name: &str, ino| DirBatchOp::Unlink {
         name: name.as_bytes().to_vec(),
         ino,
+        reap: false,
     };
     // Remove "a" and create a new "a" in one batch: the old file is an orphan to reap.
     let ops = vec![unlink("a", old), create_op("a", first)];
@@ -318,6 +319,20 @@ fn a_batch_removes_names_and_a_resent_unlink_spares_a_new_file_of_that_name() {
     assert_eq!(code(refused), ErrorCode::IsDir);
     assert_eq!(fs.lookup(dir, "sub"), Some(sub));
     assert_eq!(fs.lookup(dir, "b"), None);
+    // Reaped in the same commit when asked: nothing left to reap, also on a resend.
+    let reaped = vec![DirBatchOp::Unlink {
+        name: b"a".to_vec(),
+        ino: first,
+        reap: true,
+    }];
+    for _ in 0..2 {
+        let MetaReply::Batch(r) = batch(&mut fs, dir, s, reaped.clone()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r[0], MetaReply::Removed { orphan: None });
+        assert!(!fs.exists(first), "reaped with its unlink");
+        assert!(!fs.is_orphan(first));
+    }
     fs.check();
 }
 
