@@ -266,6 +266,20 @@ fn the_holders_opens_see_what_another_mount_wrote_after_it_closed() {
             );
         }
     }
+    // The holder changes its own files freely (overwrite, append) and reads them back.
+    fs::write(a.join("o/f9"), b"mine again").unwrap();
+    let mut own = OpenOptions::new()
+        .append(true)
+        .open(a.join("o/f10"))
+        .unwrap();
+    own.write_all(b"+tail").unwrap();
+    drop(own);
+    let mut f10 = content("open", 10, 2000);
+    f10.extend_from_slice(b"+tail");
+    for _ in 0..2 {
+        assert_eq!(fs::read(a.join("o/f9")).unwrap(), b"mine again");
+        assert_eq!(fs::read(a.join("o/f10")).unwrap(), f10);
+    }
     // Another mount replaces a file's bytes (open with O_TRUNC: a size change, then a
     // write): the group makes it wait for the holder to give the directory back.
     fs::write(b.join("o/f7"), b"from b").unwrap();
@@ -294,7 +308,9 @@ fn the_holders_opens_see_what_another_mount_wrote_after_it_closed() {
     assert_eq!(fs::read(a.join("o/f35")).unwrap(), want);
     assert_eq!(fs::read(b.join("o/f35")).unwrap(), want);
     // Nothing of the holder's was lost on the way.
-    for i in (0..40).filter(|i| *i != 7 && *i != 35) {
+    assert_eq!(fs::read(b.join("o/f9")).unwrap(), b"mine again");
+    assert_eq!(fs::read(b.join("o/f10")).unwrap(), f10);
+    for i in (0..40).filter(|i| ![7, 9, 10, 35].contains(i)) {
         assert_eq!(
             fs::read(b.join(format!("o/f{i}"))).unwrap(),
             content("open", i, 2000),

@@ -315,7 +315,12 @@ impl FakeState {
                 new_name,
                 mode,
             } => self.rename(*parent, name, *new_parent, new_name, *mode),
-            MetaOp::SetAttr { ino, set, .. } => {
+            MetaOp::SetAttr { ino, set, session } => {
+                if set.size.is_some()
+                    && let Some(dir) = self.guard_refuses(*ino, *session)
+                {
+                    return Ok(MetaReply::DirRecalling { dir });
+                }
                 if let Some(size) = set.size {
                     self.truncate(*ino, size);
                 }
@@ -338,8 +343,12 @@ impl FakeState {
                 ino,
                 extents,
                 inline,
+                mount_session,
                 ..
-            } => self.write(*ino, extents, inline),
+            } => match self.guard_refuses(*ino, *mount_session) {
+                Some(dir) => Ok(MetaReply::DirRecalling { dir }),
+                None => self.write(*ino, extents, inline),
+            },
             MetaOp::Reap { ino } => {
                 if !self.orphans.remove(ino) {
                     return Err(err(ErrorCode::InvalidArgument));
@@ -395,6 +404,20 @@ impl FakeState {
                 .map(|_| MetaReply::Empty)
                 .ok_or_else(|| err(ErrorCode::NoAttr)),
             _ => Err(err(ErrorCode::NotPermitted)),
+        }
+    }
+
+    /// The directory whose holder is not `session`, if one names file `ino` (the group's
+    /// content guard; the fake takes any directory naming the file).
+    fn guard_refuses(&self, ino: Ino, session: Option<u64>) -> Option<Ino> {
+        let dir = self
+            .dentries
+            .iter()
+            .find(|(_, child)| **child == ino)
+            .map(|((dir, _), _)| *dir)?;
+        match self.dir_holders.get(&dir) {
+            Some(holder) if Some(*holder) != session => Some(dir),
+            _ => None,
         }
     }
 

@@ -102,10 +102,11 @@ impl<R: KvRead> Applier<'_, R> {
                 extents,
                 under_replicated,
                 session,
+                mount_session,
                 inline,
             } => {
                 self.check_writer(*session)?;
-                if let Some(reply) = self.content_guard(*ino, *session)? {
+                if let Some(reply) = self.content_guard(*ino, *mount_session)? {
                     return Ok(reply);
                 }
                 self.write(*ino, extents, under_replicated, inline)
@@ -906,7 +907,7 @@ impl<R: KvRead> Applier<'_, R> {
         let now = self.now;
         self.update_inode(src.ino, |r| {
             r.ctime = now;
-            r.parent = new_parent;
+            moved_parent(r, parent, new_parent);
         })?;
         let delta = i32::from(moves_dir);
         self.touch_dir(parent, -delta)?;
@@ -960,16 +961,27 @@ impl<R: KvRead> Applier<'_, R> {
         self.put_dentry(new_parent, new_name, src)?;
         let cross = parent != new_parent;
         let now = self.now;
-        for (d, dest) in [(src, new_parent), (tgt, parent)] {
+        for (d, from, dest) in [(src, parent, new_parent), (tgt, new_parent, parent)] {
             self.update_inode(d.ino, |r| {
                 r.ctime = now;
-                r.parent = dest;
+                moved_parent(r, from, dest);
             })?;
         }
         let src_dir = i32::from(cross && src.is_dir());
         let tgt_dir = i32::from(cross && tgt.is_dir());
         self.touch_dir(parent, tgt_dir - src_dir)?;
         self.touch_dir(new_parent, src_dir - tgt_dir)
+    }
+}
+
+/// A name of `r` moved from directory `from` to `dest`. A directory's parent follows its
+/// one name. A file's follows only if it was that name's directory (a rename changes
+/// names in `from` and `dest`, so both were recalled if delegated) or unknown: a parent
+/// naming another of its links stays, since moving the guard away from that directory
+/// would not recall it.
+fn moved_parent(r: &mut InodeRec, from: Ino, dest: Ino) {
+    if r.is_dir() || r.parent == from || r.parent == NO_PARENT {
+        r.parent = dest;
     }
 }
 

@@ -184,6 +184,7 @@ impl Fs {
             under_replicated: Vec::new(),
             session: None,
             inline: Vec::new(),
+            mount_session: None,
         })
     }
 

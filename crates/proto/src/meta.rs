@@ -163,8 +163,8 @@ pub enum MetaOp {
         session: Option<SessionId>,
     },
     /// Commit written data: each extent replaces what was at its range; the size grows to
-    /// cover the last extent. mtime and ctime become the commit time. A write by any
-    /// session but the holder of the directory guarding the file (see
+    /// cover the last extent. mtime and ctime become the commit time. A write whose
+    /// `mount_session` is not the holder of the directory guarding the file (see
     /// `MetaReply::Extents::guard_dir`) recalls that directory and is answered
     /// `DirRecalling`, not applied.
     Write {
@@ -178,6 +178,10 @@ pub enum MetaOp {
         /// The writer's session, if it has one: the write is refused (fencing) if that
         /// session expired, since the writer may believe it holds locks it lost.
         session: Option<SessionId>,
+        /// The writing mount's current session (`None`: a tool), whether or not it holds
+        /// locks: compared with the holder of the file's guarding directory, never
+        /// fenced.
+        mount_session: Option<SessionId>,
         /// Bodies of chunks small enough to live in the metadata group
         /// ([`crate::INLINE_CHUNK_MAX_BYTES`] each, [`crate::INLINE_BATCH_MAX_BYTES`] in
         /// all), each referenced by an extent of this write and not uploaded to data nodes.

@@ -46,7 +46,7 @@ impl PlaitFs {
         if !truncate && let Some(fh) = self.open_held(ino) {
             return Ok(fh);
         }
-        let fh = self.register_file(ino);
+        let fh = self.register_file_unless_unlinking(ino).await?;
         let checked = if truncate {
             self.truncate_for_open(ino).await.map(|_| ())
         } else {
@@ -80,10 +80,25 @@ impl PlaitFs {
     /// An open that needs no request: the file's first window is kept because a
     /// directory this mount holds guards its content (see `held_windows`). `None`: ask.
     pub(super) fn open_held(&self, ino: Ino) -> Option<u64> {
-        let window = self.held_window(ino)?;
+        self.held_window(ino)?;
         let fh = self.register_file(ino);
         let entry = self.inode_entry_or_new(ino);
-        entry.lock().extents = Some(window);
+        let generation = entry.lock().extent_gen;
+        // Looked up again once registered: an unlink-behind of the file drops its window
+        // before it checks that the file is open nowhere here, so either it sees this
+        // handle or this sees the window gone.
+        let Some(window) = self.held_window(ino) else {
+            self.unregister_file(ino, fh);
+            return None;
+        };
+        let mut st = entry.lock();
+        if st.extent_gen != generation {
+            // A change of this mount's committed meanwhile: ask the group.
+            drop(st);
+            self.unregister_file(ino, fh);
+            return None;
+        }
+        st.extents = Some(window);
         Some(fh)
     }
 
@@ -810,6 +825,7 @@ impl PlaitFs {
                 extents,
                 under_replicated,
                 session,
+                mount_session: self.asker(),
                 inline: inline.iter().map(|(_, b)| b.to_vec()).collect(),
             })
             .await?;

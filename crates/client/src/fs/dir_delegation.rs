@@ -76,6 +76,10 @@ const DIR_POLL_MS: u64 = 1_000;
 /// Pause after a failed poll, give-back or batch, in milliseconds.
 const DIR_RETRY_MS: u64 = 200;
 
+/// Largest file an unlink-behind has the group reap in the unlink's own commit, in bytes;
+/// larger ones are reaped by a `Reap` of their own after it.
+const REAP_IN_BATCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Files one batch commits at most (each is a create and usually one write).
 const BATCH_FILES_MAX: usize = 256;
 
@@ -378,11 +382,16 @@ impl PlaitFs {
         }
     }
 
-    /// This mount changed `ino`'s content, or tried to (the outcome may be unknown): its
-    /// kept window goes, and windows fetched meanwhile are not kept.
-    pub(super) fn content_changed(&self, ino: Ino) {
+    /// This mount changed `ino`'s content, or tried to: its kept window goes, and
+    /// windows fetched meanwhile are not kept. `failed`: the change may still be applied
+    /// later (no answer, or an error after sending), so none is kept again.
+    pub(super) fn content_changed(&self, ino: Ino, failed: bool) {
         let mut inner = lock(&self.dir_delegations.inner);
-        inner.windows.forget(ino);
+        if failed {
+            inner.windows.distrust(ino);
+        } else {
+            inner.windows.forget(ino);
+        }
         inner.windows.bump();
     }
 
@@ -515,15 +524,14 @@ impl PlaitFs {
         if self.is_open_here(ino) {
             return Ok(false);
         }
-        match self.client.query(MetaQuery::GetAttr { ino }).await {
-            Ok(MetaReply::Attr(a)) if a.nlink == 1 && a.kind != FileKind::Dir => {}
+        let size = match self.client.query(MetaQuery::GetAttr { ino }).await {
+            Ok(MetaReply::Attr(a)) if a.nlink == 1 && a.kind != FileKind::Dir => a.size,
             _ => return Ok(false),
-        }
-        // Opened meanwhile (through a cached entry)? Then the ordinary way after all.
-        if self.is_open_here(ino) {
-            return Ok(false);
-        }
-        let Some((queued, next)) = self.unlink_held(parent, name) else {
+        };
+        // Reaped with the unlink only if small: a reap punches every extent, and a batch
+        // holds up to BATCH_FILES_MAX unlinks in one commit.
+        let reap = size <= REAP_IN_BATCH_MAX_BYTES;
+        let Some((queued, next)) = self.unlink_held(parent, name, reap) else {
             return Ok(false);
         };
         self.statahead.invalidate();
@@ -543,24 +551,46 @@ impl PlaitFs {
     }
 
     /// The part of an unlink under a held directory that needs no request: `None` if the
-    /// directory is not held (or is leaving), the name is not a committed one, or its
-    /// inode is queued already (a second name of it).
-    fn unlink_held(&self, parent: Ino, name: &[u8]) -> Option<(Ino, AfterQueue)> {
+    /// directory is not held (or is leaving), the name is not a committed one, its inode
+    /// is queued already (a second name of it), or the file is open here. `reap`: the
+    /// group reaps the file in the same commit.
+    ///
+    /// The name (and the file's kept window) goes first, then the file is checked for
+    /// open handles, then the unlink is queued: an open registers its handle before it
+    /// looks for a queued unlink ([`PlaitFs::unlink_queued`]), so either this sees the
+    /// handle or the open sees the unlink and waits for its commit.
+    fn unlink_held(&self, parent: Ino, name: &[u8], reap: bool) -> Option<(Ino, AfterQueue)> {
+        let ino = {
+            let mut guard = lock(&self.dir_delegations.inner);
+            let inner = &mut *guard;
+            let held = inner.dirs.get_mut(&parent)?;
+            if held.leaving || !self.session().is_ok_and(|s| s.id() == held.session) {
+                return None;
+            }
+            let ino = *held.names.get(name)?;
+            if inner.queued.contains(&ino)
+                || held.created.contains_key(name)
+                || held.unlinking.contains(&ino)
+            {
+                return None;
+            }
+            held.names.remove(name);
+            held.unlinking.insert(ino);
+            inner.windows.forget(ino);
+            inner.windows.bump();
+            ino
+        };
+        let open_here = self.is_open_here(ino);
         let mut guard = lock(&self.dir_delegations.inner);
         let inner = &mut *guard;
         let held = inner.dirs.get_mut(&parent)?;
-        if held.leaving || !self.session().is_ok_and(|s| s.id() == held.session) {
+        if open_here || held.leaving {
+            // The ordinary way after all (a give-back would not wait for this unlink).
+            held.unlinking.remove(&ino);
+            held.names.insert(name.to_vec(), ino);
             return None;
         }
-        let ino = *held.names.get(name)?;
-        if inner.queued.contains(&ino) || held.created.contains_key(name) {
-            return None;
-        }
-        held.names.remove(name);
-        held.unlinking.insert(ino);
         inner.unlink_failed.remove(&ino);
-        inner.windows.forget(ino);
-        inner.windows.bump();
         let now = now_timestamp();
         held.attr.mtime = now;
         held.attr.ctime = now;
@@ -569,12 +599,12 @@ impl PlaitFs {
             ino,
             name: name.to_vec(),
             unlink: true,
-            // Open nowhere here and its last link (checked by the caller): reaped in the
-            // same commit rather than by one more commit of its own.
+            // Open nowhere here and its last link (checked above and by the caller):
+            // reaped in the same commit rather than by one more commit of its own.
             ops: vec![DirBatchOp::Unlink {
                 name: name.to_vec(),
                 ino,
-                reap: true,
+                reap,
             }],
             inline_bytes: 0,
             alone: false,
@@ -738,6 +768,35 @@ impl PlaitFs {
             .read_dir_all(dir, DIR_NAMES_MAX)
             .await?
             .map(|entries| entries.into_iter().map(|e| (e.name, e.attr.ino)).collect()))
+    }
+
+    /// True if an unlink-behind of `ino` is queued or being committed.
+    pub(super) fn unlink_queued(&self, ino: Ino) -> bool {
+        lock(&self.dir_delegations.inner)
+            .dirs
+            .values()
+            .any(|d| d.unlinking.contains(&ino))
+    }
+
+    /// Waits until no unlink-behind of `ino` is queued (committed or refused), at most the
+    /// operation timeout.
+    pub(super) async fn wait_unlinked(&self, ino: Ino) -> Result<(), FsError> {
+        let deadline = Instant::now() + self.client.op_timeout();
+        while self.unlink_queued(ino) {
+            if Instant::now() >= deadline {
+                return Err(FsError::code(
+                    ErrorCode::WouldBlock,
+                    format!("the unlink of inode {ino} was not committed in time"),
+                ));
+            }
+            if lock(&self.dir_delegations.inner).queued.contains(&ino) {
+                self.wait_committed(ino).await?;
+            } else {
+                // Between its mark and its queueing (microseconds).
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        Ok(())
     }
 
     /// True if a refusal of `ino`'s batch waits to be reported (by its next open, flush
@@ -1238,6 +1297,7 @@ impl PlaitFs {
             Err(e) => Err(e),
         };
         let mut retry_after = false;
+        let mut unlinked: Vec<Ino> = Vec::new();
         {
             let mut guard = lock(&self.dir_delegations.inner);
             let inner = &mut *guard;
@@ -1263,6 +1323,9 @@ impl PlaitFs {
                             })
                             .last();
                         inner.queued.remove(&f.ino);
+                        if f.unlink {
+                            unlinked.push(f.ino);
+                        }
                         let Some(held) = inner.dirs.get_mut(&dir) else {
                             inner.pending.remove(&f.ino);
                             continue;
@@ -1332,6 +1395,10 @@ impl PlaitFs {
                     }
                 }
             }
+        }
+        for ino in unlinked {
+            // Reaped (or an orphan reaped below): nothing of it is needed here.
+            self.forget_if_idle(ino);
         }
         match result {
             Ok(replies) => {

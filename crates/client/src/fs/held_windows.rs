@@ -16,7 +16,7 @@
 //! before anything is committed on its way out; a content change of this mount drops the
 //! file's window once the change's outcome is known.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use plait_proto::Ino;
@@ -30,6 +30,10 @@ pub(crate) const HELD_WINDOWS_MAX: usize = 65_536;
 /// kept (its open asks the group).
 pub(crate) const HELD_WINDOW_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Files whose own content change had an unknown outcome that the mount remembers; past
+/// it no window is kept any more (for the mount's life).
+pub(crate) const UNTRUSTED_MAX: usize = 4096;
+
 /// Bytes a window is counted for besides its inline bodies (its extents and the entry).
 const WINDOW_OVERHEAD_BYTES: usize = 128;
 
@@ -42,6 +46,11 @@ pub(crate) struct HeldWindows {
     held_bytes: usize,
     /// Moves whenever a fetched window may no longer be kept (see the module doc).
     epoch: u64,
+    /// Files a change of this mount's may still reach the group for (its request failed
+    /// with an unknown outcome): a window fetched now could be outdated by it later.
+    untrusted: HashSet<Ino>,
+    /// More files than [`UNTRUSTED_MAX`] were untrusted: nothing is kept any more.
+    saturated: bool,
 }
 
 /// What a window is counted for.
@@ -83,7 +92,11 @@ impl HeldWindows {
         epoch: u64,
     ) -> bool {
         debug_assert!(window.start == 0, "only first windows are kept");
-        if epoch != self.epoch || window.start != 0 {
+        if epoch != self.epoch
+            || window.start != 0
+            || self.saturated
+            || self.untrusted.contains(&ino)
+        {
             return false;
         }
         self.forget(ino);
@@ -96,6 +109,21 @@ impl HeldWindows {
         self.held_bytes += cost;
         self.windows.insert(ino, (dir, window));
         true
+    }
+
+    /// A change of `ino`'s content by this mount may still be applied (its request
+    /// failed without an answer): `ino`'s windows are never kept again.
+    pub(crate) fn distrust(&mut self, ino: Ino) {
+        self.forget(ino);
+        if self.untrusted.len() < UNTRUSTED_MAX {
+            self.untrusted.insert(ino);
+        } else if !self.untrusted.contains(&ino) {
+            self.saturated = true;
+            let all: Vec<Ino> = self.windows.keys().copied().collect();
+            for ino in all {
+                self.forget(ino);
+            }
+        }
     }
 
     /// Drops `ino`'s window.
@@ -165,6 +193,21 @@ mod tests {
         assert!(w.get(5).is_none());
         assert!(w.keep(5, 1, window(b"new"), w.epoch()));
         assert_eq!(w.get(5).map(|(d, win)| (d, win.size)), Some((1, 3)));
+    }
+
+    #[test]
+    fn a_file_whose_change_had_no_answer_is_never_kept_again() {
+        let mut w = HeldWindows::default();
+        assert!(w.keep(5, 1, window(b"a"), w.epoch()));
+        w.distrust(5);
+        assert!(w.get(5).is_none());
+        assert!(!w.keep(5, 1, window(b"b"), w.epoch()));
+        assert!(w.keep(6, 1, window(b"c"), w.epoch()));
+        for ino in 100..100 + UNTRUSTED_MAX as u64 {
+            w.distrust(ino);
+        }
+        assert_eq!(w.len(), 0, "past the bound nothing is kept");
+        assert!(!w.keep(7, 1, window(b"d"), w.epoch()));
     }
 
     #[test]

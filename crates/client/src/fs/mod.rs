@@ -61,6 +61,10 @@ use statahead::{Answer, Statahead};
 /// Orphan reaps one mount runs in the background at once.
 const REAPS_IN_FLIGHT_MAX: usize = 32;
 
+/// Times an open waits for a queued unlink-behind of its file to commit before it gives
+/// up (EAGAIN); each wait is bounded by the operation timeout.
+const UNLINK_RACE_ROUNDS_MAX: usize = 3;
+
 /// Entries asked for per `ReadDir` page. The metadata service caps a page at 1024
 /// entries too (`plait_meta::READDIR_MAX_ENTRIES`), so a shorter page is the last one.
 pub const READDIR_PAGE_ENTRIES: u32 = 1024;
@@ -281,7 +285,7 @@ impl PlaitFs {
         };
         let reply = self.meta_recalling(op).await;
         if let Some(ino) = changed {
-            self.content_changed(ino);
+            self.content_changed(ino, reply.is_err());
         }
         match &reply {
             Ok(MetaReply::Attr(attr)) => self.statahead.updated(generation, attr),
@@ -912,6 +916,35 @@ impl PlaitFs {
         let fh = self.new_handle();
         lock(&self.files).insert(fh, ino);
         fh
+    }
+
+    /// Undoes [`Self::register_file`] of an open that did not happen.
+    fn unregister_file(&self, ino: Ino, fh: u64) {
+        self.forget_handle(fh);
+        if let Some(entry) = self.inode_entry(ino) {
+            let mut st = entry.lock();
+            st.open_handles = st.open_handles.saturating_sub(1);
+        }
+        self.forget_if_idle(ino);
+    }
+
+    /// Registers an open of `ino`, first letting a queued unlink-behind of it commit: that
+    /// unlink reaps the file in its commit because it found it open nowhere here, so an
+    /// open racing it must not get a handle before it is decided (the open then finds the
+    /// file gone, ESTALE, or kept if the unlink was refused).
+    async fn register_file_unless_unlinking(&self, ino: Ino) -> Result<u64, FsError> {
+        for _ in 0..UNLINK_RACE_ROUNDS_MAX {
+            let fh = self.register_file(ino);
+            if !self.unlink_queued(ino) {
+                return Ok(fh);
+            }
+            self.unregister_file(ino, fh);
+            self.wait_unlinked(ino).await?;
+        }
+        Err(FsError::code(
+            ErrorCode::WouldBlock,
+            format!("inode {ino} is being unlinked"),
+        ))
     }
 
     /// Drops file handle `fh` (its inode's handle count is the caller's).

@@ -922,3 +922,25 @@ async fn opens_of_files_a_held_directory_guards_need_no_request() {
     assert_eq!(queries(), before + 1);
     serving.abort();
 }
+
+#[tokio::test]
+async fn an_open_racing_an_unlink_behind_finds_the_file_gone() {
+    let fake = fake::new_fake();
+    let (fs, serving) = mount_closing_behind(&fake).await;
+    let mut inos = Vec::new();
+    for i in 0..6 {
+        inos.push(create_and_close(&fs, &format!("g{i}"), b"going").await);
+    }
+    fs.settle_dir(ROOT).await.unwrap();
+    // Opened and read once (its window kept), then unlinked behind: an open by inode
+    // (a kernel dentry looked up before the unlink) neither gets the kept window nor a
+    // handle on a file the unlink's commit reaps.
+    assert_eq!(open_and_read(&fs, inos[4]).await, b"going");
+    fs.unlink(ROOT, b"g4").await.unwrap();
+    assert!(fs.open_local(inos[4], false).is_none());
+    let err = fs.open(inos[4], false).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ESTALE, "{err}");
+    assert!(state(&fake).reaped.contains(&inos[4]));
+    assert!(!fs.is_open_here(inos[4]));
+    serving.abort();
+}

@@ -561,6 +561,8 @@ fn guard_dir(fs: &Fs, ino: u64) -> Option<u64> {
     }
 }
 
+/// A write by a mount whose session is `session`, holding no lock on the file (so its
+/// fencing session is `None`, as the mount sends it).
 fn write_as(fs: &mut Fs, ino: u64, body: &[u8], session: Option<u64>) -> MetaReply {
     fs.exec(MetaOp::Write {
         ino,
@@ -571,8 +573,9 @@ fn write_as(fs: &mut Fs, ino: u64, body: &[u8], session: Option<u64>) -> MetaRep
             chunk_offset: 0,
         }],
         under_replicated: Vec::new(),
-        session,
+        session: None,
         inline: vec![body.to_vec()],
+        mount_session: session,
     })
     .unwrap()
 }
@@ -673,6 +676,40 @@ fn the_guarding_directory_follows_the_files_names() {
     .unwrap();
     fs.link(f, e, "again").unwrap();
     assert_eq!(guard_dir(&fs, f), Some(e));
+    // Renaming or exchanging another of its names does not move the guard away from e
+    // (that would not recall e).
+    fs.rename(d, "h", d, "h2", RenameMode::Replace).unwrap();
+    assert_eq!(guard_dir(&fs, f), Some(e));
+    let other = fs.mkfile(d, "other");
+    fs.rename(d, "h2", d, "other", RenameMode::Exchange)
+        .unwrap();
+    assert_eq!(guard_dir(&fs, f), Some(e));
+    assert_eq!(guard_dir(&fs, other), Some(d));
+    // Renaming the guarding name itself moves the guard with it.
+    fs.rename(e, "again", root, "top", RenameMode::Replace)
+        .unwrap();
+    assert_eq!(guard_dir(&fs, f), Some(root));
+    fs.check();
+}
+
+#[test]
+fn a_rename_of_another_link_does_not_unguard_a_held_directory() {
+    let (mut fs, root) = Fs::with_volume();
+    let d = fs.mkdir(root, "d");
+    let e = fs.mkdir(root, "e");
+    let f = fs.mkfile(d, "a");
+    fs.link(f, e, "b").unwrap();
+    let holder = session(&mut fs, 10_000);
+    let other = session(&mut fs, 10_000);
+    delegate(&mut fs, d, holder).unwrap();
+    // Another session renames the link in e (no name of d changes: d is not recalled)...
+    fs.rename(e, "b", e, "c", RenameMode::Replace).unwrap();
+    assert_eq!(recalls(&fs, holder), Vec::<u64>::new());
+    // ...and its write through that link still waits for d.
+    assert_eq!(
+        write_as(&mut fs, f, b"v2", Some(other)),
+        MetaReply::DirRecalling { dir: d }
+    );
     fs.check();
 }
 

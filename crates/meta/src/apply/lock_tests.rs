@@ -121,6 +121,7 @@ fn an_expired_session_loses_its_locks_and_its_writes_are_fenced() {
         under_replicated: Vec::new(),
         session: Some(session),
         inline: Vec::new(),
+        mount_session: None,
     };
     assert_eq!(code(fs.exec(write(a))), ErrorCode::SessionExpired);
     assert_eq!(

@@ -160,6 +160,7 @@ impl DataRun {
                     extents: extents.clone(),
                     under_replicated: Vec::new(),
                     session: None,
+                    mount_session: None,
                     inline: inline_of(pieces),
                 };
                 if self.fs.exec(write).is_ok() {
@@ -311,6 +312,7 @@ fn any_op() -> impl Strategy<Value = MetaOp> {
             extents: vec![Extent { file_offset: off, len, chunk: chunk(c), chunk_offset: 0 }],
             under_replicated: vec![plait_proto::MissingCopy { chunk: chunk(c), node: 2, size_bytes: len }],
             session: None,
+            mount_session: None,
             inline: Vec::new(),
         }),
         1 => (ino(), 0u64..80).prop_map(|(ino, size)| MetaOp::SetAttr {
@@ -455,6 +457,7 @@ fn resolve(fs: &Fs, op: &PickedOp) -> Option<MetaOp> {
             }],
             under_replicated: Vec::new(),
             session: None,
+            mount_session: None,
             inline: Vec::new(),
         },
         PickedOp::Truncate(x, size) => MetaOp::SetAttr {

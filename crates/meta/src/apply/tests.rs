@@ -1031,6 +1031,7 @@ fn writes_read_only_the_extents_they_overlap() {
                 under_replicated: Vec::new(),
                 session: None,
                 inline: Vec::new(),
+                mount_session: None,
             },
         );
         assert!(entries < 40, "write {new:?} read {entries} entries");
@@ -1363,6 +1364,7 @@ fn every_value_of_a_store_of_noise_fails_cleanly() {
             under_replicated: Vec::new(),
             session: None,
             inline: Vec::new(),
+            mount_session: None,
         },
         MetaOp::Reap { ino: f },
         MetaOp::CreateVolume {
@@ -1505,6 +1507,7 @@ fn write_records_under_replicated_copies_in_the_same_commit() {
         under_replicated: vec![missing(1, 3), missing(2, 3), missing(2, 2)],
         session: None,
         inline: Vec::new(),
+        mount_session: None,
     })
     .unwrap();
     let p3 = pending(&fs, 3);
@@ -1531,6 +1534,7 @@ fn write_records_under_replicated_copies_in_the_same_commit() {
                 under_replicated: vec![bad],
                 session: None,
                 inline: Vec::new(),
+                mount_session: None,
             })),
             ErrorCode::InvalidArgument
         );
@@ -1548,6 +1552,7 @@ fn heal_done_removes_only_the_entry_the_node_saw() {
         under_replicated: vec![missing(1, 3), missing(2, 3)],
         session: None,
         inline: Vec::new(),
+        mount_session: None,
     })
     .unwrap();
     let seen = pending(&fs, 3);
@@ -1606,6 +1611,7 @@ fn inline_write(ino: plait_proto::Ino, at: u64, body: &[u8]) -> MetaOp {
         under_replicated: Vec::new(),
         session: None,
         inline: vec![body.to_vec()],
+        mount_session: None,
     }
 }
 
@@ -1715,6 +1721,7 @@ fn malformed_inline_bodies_are_refused_and_change_nothing() {
         under_replicated: missing,
         session: None,
         inline,
+        mount_session: None,
     };
     let long = vec![1u8; plait_proto::INLINE_CHUNK_MAX_BYTES + 1];
     let long_extent = plait_proto::Extent {
