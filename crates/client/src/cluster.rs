@@ -304,10 +304,14 @@ impl ClusterClient {
     /// [`ErrorCode::Unavailable`]). Never resends the op once it may have reached a leader
     /// (see the module documentation): an ambiguous failure is returned as `Unavailable`.
     pub async fn meta(&self, op: MetaOp) -> Result<MetaReply, RpcError> {
-        meta_reply(
-            self.call_leader(&Request::Meta(op), Retry::IfNotDelivered)
-                .await?,
-        )
+        self.meta_request(&Request::Meta(op)).await
+    }
+
+    /// [`Self::meta`] of a `Request::Meta` the caller built once, for a caller that may
+    /// send it again (no copy of the op, and its inline bytes, per attempt).
+    pub async fn meta_request(&self, request: &Request) -> Result<MetaReply, RpcError> {
+        debug_assert!(matches!(request, Request::Meta(_)), "not a metadata op");
+        meta_reply(self.call_leader(request, Retry::IfNotDelivered).await?)
     }
 
     /// Reads metadata from the leader (linearizable), with the same routing as

@@ -19,6 +19,7 @@ use crate::{
     Command, DIR_DEPTH_MAX, FORGET_GARBAGE_MAX, Fail, HEAL_DONE_MAX, KvRead, Mutation, NLINK_MAX,
     OpResult, StoreError, refuse,
 };
+use dir_delegation::Writer;
 
 /// The setgid bit: on a directory, new entries take its group and new subdirectories
 /// inherit the bit.
@@ -90,12 +91,7 @@ impl<R: KvRead> Applier<'_, R> {
                 new_name,
             } => self.link(*ino, *new_parent, new_name),
             MetaOp::SetAttr { ino, set, session } => {
-                if set.size.is_some()
-                    && let Some(reply) = self.content_guard(*ino, *session)?
-                {
-                    return Ok(reply);
-                }
-                self.set_attr(*ino, set)
+                self.set_attr(*ino, set, Writer::Mount(*session))
             }
             MetaOp::Write {
                 ino,
@@ -106,10 +102,8 @@ impl<R: KvRead> Applier<'_, R> {
                 inline,
             } => {
                 self.check_writer(*session)?;
-                if let Some(reply) = self.content_guard(*ino, *mount_session)? {
-                    return Ok(reply);
-                }
-                self.write(*ino, extents, under_replicated, inline)
+                let writer = Writer::Mount(*mount_session);
+                self.write(*ino, extents, under_replicated, inline, writer)
             }
             MetaOp::SetXattr {
                 ino,
@@ -638,10 +632,16 @@ impl<R: KvRead> Applier<'_, R> {
         Ok(MetaReply::Attr(rec.attr(ino)))
     }
 
-    fn set_attr(&mut self, ino: Ino, set: &SetAttr) -> OpResult<MetaReply> {
+    /// `SetAttr`; a size change is a content change (`content_guard`).
+    fn set_attr(&mut self, ino: Ino, set: &SetAttr, writer: Writer) -> OpResult<MetaReply> {
         let rec = read::require_inode(&self.txn, ino)?;
         if *set == SetAttr::default() {
             return Ok(MetaReply::Attr(rec.attr(ino)));
+        }
+        if set.size.is_some()
+            && let Some(reply) = self.content_guard(ino, &rec, writer)?
+        {
+            return Ok(reply);
         }
         let mut released = 0;
         if let Some(size) = set.size {
@@ -662,8 +662,12 @@ impl<R: KvRead> Applier<'_, R> {
         extents: &[Extent],
         under_replicated: &[MissingCopy],
         inline: &[Vec<u8>],
+        writer: Writer,
     ) -> OpResult<MetaReply> {
         let rec = read::require_inode(&self.txn, ino)?;
+        if let Some(reply) = self.content_guard(ino, &rec, writer)? {
+            return Ok(reply);
+        }
         read::require_file(&rec, ino)?;
         let extents = validate::write_extents(extents)?;
         let bodies = validate::inline_bodies(inline, &extents)?;

@@ -108,15 +108,7 @@ impl PlaitFs {
         let entry = self.inode_entry_or_new(ino);
         let generation = entry.lock().extent_gen;
         let epoch = self.window_epoch();
-        let (start, end) = window_for(0, 1);
-        let (window, guard_dir) = fetch_window(&self.client, ino, start, end).await?;
-        let window = Arc::new(window);
-        {
-            let mut st = entry.lock();
-            if st.extent_gen == generation {
-                st.extents = Some(window.clone());
-            }
-        }
+        let (window, guard_dir) = self.load_window(ino, &entry, generation, 0, 1).await?;
         self.keep_window(ino, guard_dir, &window, epoch);
         Ok(())
     }
@@ -278,6 +270,7 @@ impl PlaitFs {
             None => {
                 self.load_window(ino, &entry, generation, offset, len)
                     .await?
+                    .0
             }
         };
         let file_size = window.size.max(dirty_end.unwrap_or(0));
@@ -400,7 +393,8 @@ impl PlaitFs {
     }
 
     /// Fetches the extent window covering `[offset, offset + len)` and caches it unless the
-    /// committed extents changed (generation moved) meanwhile.
+    /// committed extents changed (generation moved) meanwhile; with the directory guarding
+    /// the file.
     async fn load_window(
         &self,
         ino: Ino,
@@ -408,20 +402,15 @@ impl PlaitFs {
         generation: u64,
         offset: u64,
         len: u64,
-    ) -> Result<Arc<ExtentWindow>, FsError> {
+    ) -> Result<(Arc<ExtentWindow>, Option<Ino>), FsError> {
         let (start, end) = window_for(offset, len);
-        let window = Arc::new(self.fetch_window(ino, start, end).await?);
+        let (window, guard_dir) = fetch_window(&self.client, ino, start, end).await?;
+        let window = Arc::new(window);
         let mut st = entry.lock();
         if st.extent_gen == generation {
             st.extents = Some(window.clone());
         }
-        Ok(window)
-    }
-
-    /// The extents of `[start, end)`, asking again from the end of the last extent while
-    /// the service returns full pages (it caps the extents per reply).
-    async fn fetch_window(&self, ino: Ino, start: u64, end: u64) -> Result<ExtentWindow, FsError> {
-        Ok(fetch_window(&self.client, ino, start, end).await?.0)
+        Ok((window, guard_dir))
     }
 
     /// Buffers `data` at `offset` of file `ino` (handle `fh`) and returns its length.

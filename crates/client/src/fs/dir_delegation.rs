@@ -30,8 +30,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use plait_proto::lock::SessionId;
 use plait_proto::meta::{DIR_BATCH_OPS_MAX, DirBatchOp};
 use plait_proto::{
-    Attr, ErrorCode, FileKind, INLINE_BATCH_MAX_BYTES, Ino, MetaOp, MetaQuery, MetaReply, RpcError,
-    Timestamp,
+    Attr, ErrorCode, FileKind, INLINE_BATCH_MAX_BYTES, Ino, MetaOp, MetaQuery, MetaReply, Request,
+    RpcError, Timestamp,
 };
 use tracing::{debug, warn};
 
@@ -1123,19 +1123,19 @@ impl PlaitFs {
     /// changes (bounded by [`DIR_RECALL_WAIT_MAX_MS`], then EAGAIN).
     pub(super) async fn meta_waiting(&self, op: MetaOp) -> Result<MetaReply, RpcError> {
         let deadline = Instant::now() + Duration::from_millis(DIR_RECALL_WAIT_MAX_MS);
+        let request = Request::Meta(op);
         loop {
-            if let Err(e) = self.leave_dirs_for(&op).await {
+            if let Request::Meta(op) = &request
+                && let Err(e) = self.leave_dirs_for(op).await
+            {
                 return Err(match e {
                     FsError::Rpc(r) => r,
                     other => RpcError::new(ErrorCode::Io, other.to_string()),
                 });
             }
-            let dir = match self.client.meta(op.clone()).await? {
-                MetaReply::DirRecalling { dir } => dir,
-                reply => return Ok(reply),
-            };
-            debug!(dir, "waiting for another mount to give a directory back");
-            self.wait_dir_returned(dir, deadline).await?;
+            if let Some(reply) = self.propose_or_wait(&request, deadline).await? {
+                return Ok(reply);
+            }
         }
     }
 
@@ -1145,17 +1145,28 @@ impl PlaitFs {
     /// changes are not refused.
     pub(super) async fn meta_recalling(&self, op: MetaOp) -> Result<MetaReply, RpcError> {
         let deadline = Instant::now() + Duration::from_millis(DIR_RECALL_WAIT_MAX_MS);
+        let request = Request::Meta(op);
         loop {
-            let dir = match self.client.meta(op.clone()).await? {
-                MetaReply::DirRecalling { dir } => dir,
-                reply => return Ok(reply),
-            };
-            debug!(
-                dir,
-                "waiting for another mount to give back the directory of a file it changes"
-            );
-            self.wait_dir_returned(dir, deadline).await?;
+            if let Some(reply) = self.propose_or_wait(&request, deadline).await? {
+                return Ok(reply);
+            }
         }
+    }
+
+    /// Proposes `request` once: its answer, or `None` after the directory it was refused
+    /// for (`DirRecalling`) was given back (by `deadline`, else EAGAIN): propose again.
+    async fn propose_or_wait(
+        &self,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<Option<MetaReply>, RpcError> {
+        let dir = match self.client.meta_request(request).await? {
+            MetaReply::DirRecalling { dir } => dir,
+            reply => return Ok(Some(reply)),
+        };
+        debug!(dir, "waiting for another mount to give a directory back");
+        self.wait_dir_returned(dir, deadline).await?;
+        Ok(None)
     }
 
     /// Waits until nobody holds `dir`, or `deadline` (EAGAIN).

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Applier;
 use super::locking::ms;
-use crate::records::decode;
+use crate::records::{InodeRec, decode};
 use crate::{KvRead, OpResult, keys, read, refuse};
 
 /// How long a directory whose delegation was recalled is not delegated again, in ms.
@@ -30,6 +30,15 @@ pub const DIR_DELEGATIONS_PER_SESSION_MAX: usize = 256;
 /// Most inode ranges one delegation holds (a mount that used them up gives the
 /// directory back and asks again).
 pub const DIR_INO_RANGES_MAX: usize = 8;
+
+/// Who changes a file's content, for [`Applier::content_guard`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Writer {
+    /// A mount with this session (`None`: a tool).
+    Mount(Option<SessionId>),
+    /// The holder's `DirBatch` of this directory.
+    Batch(Ino),
+}
 
 /// The `Y` record of a directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,23 +217,33 @@ impl<R: KvRead> Applier<'_, R> {
         Ok(None)
     }
 
-    /// A change of file `ino`'s content by `session` (`None`: a tool): `Some`
-    /// (`DirRecalling`, with the recall recorded) if another session holds the directory
-    /// guarding the file, so the change must wait for it to be given back. The holder
-    /// answers opens of the file from the extents it fetched while holding it; without
-    /// this a write from another mount would not be seen by those opens.
+    /// A change of the content of file `ino` (record `rec`) by `writer`: `Some`
+    /// (`DirRecalling`, with the recall recorded) if a mount's change must wait for
+    /// another session to give back the directory guarding the file; a batch's write of
+    /// a file its directory does not guard is refused (a batch carries no recalls). The
+    /// holder answers opens of the file from the extents it fetched while holding it;
+    /// without this a write from another mount would not be seen by those opens.
     pub(super) fn content_guard(
         &mut self,
         ino: Ino,
-        session: Option<SessionId>,
+        rec: &InodeRec,
+        writer: Writer,
     ) -> OpResult<Option<MetaReply>> {
-        // A missing inode is for the op itself to report.
-        let Some(dir) = read::inode(&self.txn, ino)?.and_then(|rec| rec.guard_dir()) else {
-            return Ok(None);
-        };
-        match dir_holder(&self.txn, dir)? {
-            Some(holder) if Some(holder) != session => self.recall_dir(dir).map(Some),
-            _ => Ok(None),
+        match writer {
+            Writer::Mount(session) => {
+                let Some(dir) = rec.guard_dir() else {
+                    return Ok(None);
+                };
+                match dir_holder(&self.txn, dir)? {
+                    Some(holder) if Some(holder) != session => self.recall_dir(dir).map(Some),
+                    _ => Ok(None),
+                }
+            }
+            Writer::Batch(dir) if rec.guard_dir() == Some(dir) => Ok(None),
+            Writer::Batch(dir) => Err(refuse(
+                ErrorCode::InvalidArgument,
+                format!("file {ino} is not guarded by directory {dir}"),
+            )),
         }
     }
 
@@ -305,15 +324,9 @@ impl<R: KvRead> Applier<'_, R> {
                     inline,
                 } => {
                     // Only files whose content this delegation guards: anything else
-                    // could be another holder's (a batch carries no recalls).
-                    let rec = read::require_inode(&self.txn, *ino)?;
-                    if rec.guard_dir() != Some(dir) {
-                        return Err(refuse(
-                            ErrorCode::InvalidArgument,
-                            format!("file {ino} is not guarded by directory {dir}"),
-                        ));
-                    }
-                    self.write(*ino, extents, under_replicated, inline)?
+                    // could be another holder's.
+                    let writer = Writer::Batch(dir);
+                    self.write(*ino, extents, under_replicated, inline, writer)?
                 }
                 DirBatchOp::Unlink { name, ino, reap } => {
                     self.batch_unlink(dir, name, *ino, *reap)?

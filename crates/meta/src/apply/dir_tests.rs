@@ -33,15 +33,20 @@ fn create_op(name: &str, ino: u64) -> DirBatchOp {
     }
 }
 
+/// One extent at offset 0 holding all of `body`, as one inline chunk.
+fn inline_extent(body: &[u8]) -> Extent {
+    Extent {
+        file_offset: 0,
+        len: body.len() as u64,
+        chunk: ChunkId::of(body),
+        chunk_offset: 0,
+    }
+}
+
 fn inline_write(ino: u64, body: &[u8]) -> DirBatchOp {
     DirBatchOp::Write {
         ino,
-        extents: vec![Extent {
-            file_offset: 0,
-            len: body.len() as u64,
-            chunk: ChunkId::of(body),
-            chunk_offset: 0,
-        }],
+        extents: vec![inline_extent(body)],
         under_replicated: Vec::new(),
         inline: vec![body.to_vec()],
     }
@@ -566,12 +571,7 @@ fn guard_dir(fs: &Fs, ino: u64) -> Option<u64> {
 fn write_as(fs: &mut Fs, ino: u64, body: &[u8], session: Option<u64>) -> MetaReply {
     fs.exec(MetaOp::Write {
         ino,
-        extents: vec![Extent {
-            file_offset: 0,
-            len: body.len() as u64,
-            chunk: ChunkId::of(body),
-            chunk_offset: 0,
-        }],
+        extents: vec![inline_extent(body)],
         under_replicated: Vec::new(),
         session: None,
         inline: vec![body.to_vec()],
