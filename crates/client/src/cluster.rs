@@ -53,6 +53,12 @@ const BACKOFF_INITIAL_MS: u64 = 50;
 /// Longest backoff pause between two attempts, in milliseconds.
 const BACKOFF_MAX_MS: u64 = 1_000;
 
+/// Longest pause between two attempts to find the metadata leader, in milliseconds. Kept
+/// short because an election ends at no predictable moment and every op waits for it: a
+/// 1 s step added up to a second to each failover. Probing costs the surviving nodes one
+/// small request per waiting op and step.
+const LEADER_BACKOFF_MAX_MS: u64 = 200;
+
 /// `NotLeader` redirects followed back to back before pausing: a hint pointing at a node
 /// that is itself not the leader (during an election) must not turn into a busy loop.
 const REDIRECTS_BEFORE_BACKOFF: u32 = 3;
@@ -765,7 +771,7 @@ impl ClusterClient {
     /// [`Self::add_voter`]: returns the leader's first answer that is not an error.
     async fn call_leader(&self, req: &Request, retry: Retry) -> Result<Response, RpcError> {
         let deadline = Instant::now() + self.op_timeout;
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::up_to(LEADER_BACKOFF_MAX_MS);
         let mut redirects = 0u32;
         let mut target = self.current_target();
         let mut last_error = String::new();
@@ -1114,20 +1120,29 @@ async fn verify_chunk(id: ChunkId, bytes: Vec<u8>) -> Result<Option<Vec<u8>>, Rp
 /// Bounded exponential backoff with jitter.
 struct Backoff {
     next_ms: u64,
+    max_ms: u64,
 }
 
 impl Backoff {
+    /// Steps from [`BACKOFF_INITIAL_MS`] up to [`BACKOFF_MAX_MS`].
     fn new() -> Self {
+        Self::up_to(BACKOFF_MAX_MS)
+    }
+
+    /// Steps from [`BACKOFF_INITIAL_MS`] up to `max_ms`.
+    fn up_to(max_ms: u64) -> Self {
+        debug_assert!(max_ms >= BACKOFF_INITIAL_MS);
         Self {
             next_ms: BACKOFF_INITIAL_MS,
+            max_ms,
         }
     }
 
     /// The pause before the next attempt, in milliseconds: between half and all of the
-    /// current step; the step doubles up to [`BACKOFF_MAX_MS`].
+    /// current step; the step doubles up to the maximum.
     fn next_pause_ms(&mut self) -> u64 {
         let step = self.next_ms;
-        self.next_ms = (self.next_ms * 2).min(BACKOFF_MAX_MS);
+        self.next_ms = (self.next_ms * 2).min(self.max_ms);
         let half = step / 2;
         half + jitter_ms(half + 1)
     }

@@ -15,8 +15,12 @@ use quinn::{
 use crate::{NetError, SERVER_NAME, TlsIdentity, tls};
 
 /// Idle timeout of client connections, in milliseconds (the effective value is the smaller
-/// of this and the server's); keep-alives make only a dead peer go idle.
-const CLIENT_IDLE_TIMEOUT_MS: u64 = 10_000;
+/// of this and the server's); keep-alives (a third of this) make only a dead or hung peer
+/// go idle. This, not the RPC timeout, is how long a call in flight to a peer that died or
+/// hung takes to fail: the leader's death costs this plus the election, whatever RPC
+/// timeout a mount was given (5 s by default; a long poll or a busy node may rightly take
+/// longer to answer, a live peer never goes 1.5 s without acknowledging a packet).
+const CLIENT_IDLE_TIMEOUT_MS: u64 = 1_500;
 
 /// One address's cached connection. The async mutex is held while connecting, so that
 /// concurrent first calls to an address share one connection instead of racing.

@@ -8,6 +8,17 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Deserialize;
 
+/// Default Raft heartbeat interval, in milliseconds. openraft also uses it as the timeout
+/// of one AppendEntries round, so it must leave room for a follower's fsync under load.
+const HEARTBEAT_DEFAULT_MS: u64 = 250;
+
+/// Default bounds of the Raft election timeout, in milliseconds. openraft makes a follower
+/// that heard from a leader wait `election_max_ms` (the leader lease: it refuses votes
+/// meanwhile) plus a random timeout in these bounds before it stands: a dead leader is
+/// replaced 1.5–2 s after its last heartbeat with these values (3–4 s with 1,000–2,000).
+const ELECTION_MIN_DEFAULT_MS: u64 = 500;
+const ELECTION_MAX_DEFAULT_MS: u64 = 1_000;
+
 /// Command-line flags; each mirrors a key of the TOML file.
 #[derive(Debug, Parser, Default)]
 #[command(name = "plaitd", version, about = "Plait storage node daemon")]
@@ -196,15 +207,18 @@ impl Config {
                 .heal_interval_ms
                 .or(file.heal_interval_ms)
                 .unwrap_or(1_000),
-            heartbeat_ms: args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(250),
+            heartbeat_ms: args
+                .heartbeat_ms
+                .or(file.heartbeat_ms)
+                .unwrap_or(HEARTBEAT_DEFAULT_MS),
             election_min_ms: args
                 .election_min_ms
                 .or(file.election_min_ms)
-                .unwrap_or(1_000),
+                .unwrap_or(ELECTION_MIN_DEFAULT_MS),
             election_max_ms: args
                 .election_max_ms
                 .or(file.election_max_ms)
-                .unwrap_or(2_000),
+                .unwrap_or(ELECTION_MAX_DEFAULT_MS),
             log_json: args.log_json || file.log_json.unwrap_or(false),
             data_dir,
         };

@@ -382,4 +382,8 @@ fn backoff_grows_and_is_bounded() {
         last_step = last_step.max(pause);
     }
     assert!(last_step >= BACKOFF_MAX_MS / 2);
+    let mut leader = Backoff::up_to(LEADER_BACKOFF_MAX_MS);
+    for _ in 0..20 {
+        assert!(leader.next_pause_ms() <= LEADER_BACKOFF_MAX_MS);
+    }
 }
