@@ -199,7 +199,9 @@ fn conn(dir: &Path, state: &State) -> ConnArgs {
     ConnArgs {
         nodes: state.nodes.iter().map(|n| n.addr).collect(),
         tls_dir: tls_dir(dir),
-        rpc_timeout_ms: 2_000,
+        // The default RPC timeout, so that failover is measured as deployed; a shorter
+        // operation timeout, so that a playground without a majority fails fast.
+        rpc_timeout_ms: plait_client::RPC_TIMEOUT_DEFAULT_MS,
         op_timeout_ms: 10_000,
     }
 }

@@ -208,7 +208,11 @@ impl RpcClient {
             Err(ExchangeError::Other(e)) => Err(e),
             Err(ExchangeError::Connection(e)) => {
                 forget(&slot, &conn).await;
-                if !reused {
+                // A connection that went idle means a dead or hung peer: a new handshake
+                // would only wait out the caller's timeout, so fail now and let the caller
+                // move on to another node. Other losses (a reset from a restarted peer)
+                // are worth one reconnect.
+                if !reused || matches!(e, ConnectionError::TimedOut) {
                     return Err(connection_error(e));
                 }
                 tracing::debug!(%addr, error = %e, "cached connection failed; reconnecting once");

@@ -510,6 +510,95 @@ async fn client_reconnects_after_server_restart() {
     server.close();
 }
 
+/// A UDP relay between one client and `server` that can be made to drop everything: a
+/// peer that hangs (SIGSTOP, a partition) keeps its address but answers nothing. Counts
+/// the QUIC Initial packets (new handshakes) the client sends while it is silent.
+async fn relay(
+    server: SocketAddr,
+    silent: Arc<std::sync::atomic::AtomicBool>,
+    handshakes_while_silent: Arc<AtomicUsize>,
+) -> SocketAddr {
+    let front = Arc::new(tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap());
+    let back = Arc::new(tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap());
+    back.connect(server).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let (f, b, c, quiet) = (front.clone(), back.clone(), client.clone(), silent.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            *c.lock().unwrap() = Some(from);
+            if !quiet.load(Ordering::SeqCst) {
+                let _ = b.send(&buf[..n]).await;
+            } else if n > 0 && buf[0] & 0xf0 == 0xc0 {
+                // Long header, type Initial: the client started a new connection.
+                handshakes_while_silent.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            let to = *client.lock().unwrap();
+            if let Some(to) = to
+                && !silent.load(Ordering::SeqCst)
+            {
+                let _ = front.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    addr
+}
+
+/// A call in flight to a peer that falls silent fails when the connection goes idle
+/// (1.5 s without an acknowledgement), not at the call's own timeout, and without a new
+/// handshake (which would only wait out the call's timeout): a hung leader must not hold
+/// a mount's operation for the whole RPC timeout. Once the peer answers again, a new
+/// connection serves.
+#[tokio::test]
+async fn a_call_to_a_peer_that_falls_silent_fails_when_the_connection_goes_idle() {
+    let cluster = Cluster::new("silent");
+    let handler = Echo::new(Duration::from_secs(3_600));
+    let (server, server_addr) = start(
+        &cluster.identity("node-1"),
+        ServerLimits::default(),
+        handler,
+    );
+    let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let addr = relay(server_addr, silent.clone(), handshakes.clone()).await;
+    let client = RpcClient::new(&cluster.identity("client-1")).unwrap();
+    status_ok(&client, addr).await;
+
+    silent.store(true, Ordering::SeqCst);
+    let call_timeout = Duration::from_secs(120);
+    let started = std::time::Instant::now();
+    // The handler never answers ChunkGet: only the transport can end this call.
+    let result = client
+        .call(
+            addr,
+            &Request::ChunkGet {
+                id: ChunkId([0; 32]),
+            },
+            call_timeout,
+        )
+        .await;
+    let took = started.elapsed();
+    eprintln!("silent peer: {result:?} after {took:?}");
+    assert!(matches!(result, Err(NetError::Timeout)), "{result:?}");
+    // Generous: the point is that the idle timeout, not the call's, ended it.
+    assert!(took < call_timeout / 4, "the call waited {took:?}");
+    assert_eq!(
+        handshakes.load(Ordering::SeqCst),
+        0,
+        "the client tried to reconnect to a silent peer"
+    );
+
+    silent.store(false, Ordering::SeqCst);
+    status_ok(&client, addr).await;
+    server.close();
+}
+
 #[tokio::test]
 async fn nothing_listening_is_an_error_not_a_hang() {
     let cluster = Cluster::new("void");
