@@ -36,6 +36,9 @@ enum Healed {
     Unreferenced,
     /// The local copy was already present and intact.
     Present,
+    /// The local copy is present and was hash-checked when a put stored it lately
+    /// ([`crate::recent_puts`]): not read again.
+    StoredLately,
     /// A good copy of this many bytes was fetched and stored.
     Copied(u64),
 }
@@ -104,6 +107,8 @@ async fn heal_batch(
     batch: Vec<HealEntry>,
 ) -> Vec<(ChunkId, plait_proto::Timestamp)> {
     let mut done = Vec::with_capacity(batch.len());
+    // Settled entries by outcome: (unreferenced, present, stored lately, copied).
+    let mut outcomes = [0usize; 4];
     let mut set = JoinSet::new();
     let mut queue = batch.into_iter();
     loop {
@@ -117,10 +122,16 @@ async fn heal_batch(
         };
         match joined {
             Ok((entry, Ok(healed))) => {
-                if let Healed::Copied(bytes) = healed {
-                    service.healed_chunks.fetch_add(1, Ordering::Relaxed);
-                    service.healed_bytes.fetch_add(bytes, Ordering::Relaxed);
-                    tracing::debug!(chunk = %entry.chunk, bytes, "healed a missing copy");
+                match healed {
+                    Healed::Unreferenced => outcomes[0] += 1,
+                    Healed::Present => outcomes[1] += 1,
+                    Healed::StoredLately => outcomes[2] += 1,
+                    Healed::Copied(bytes) => {
+                        outcomes[3] += 1;
+                        service.healed_chunks.fetch_add(1, Ordering::Relaxed);
+                        service.healed_bytes.fetch_add(bytes, Ordering::Relaxed);
+                        tracing::debug!(chunk = %entry.chunk, bytes, "healed a missing copy");
+                    }
                 }
                 done.push((entry.chunk, entry.since));
             }
@@ -130,6 +141,14 @@ async fn heal_batch(
             Err(e) => tracing::warn!(error = %e, "heal task failed"),
         }
     }
+    let [unreferenced, present, stored_lately, copied] = outcomes;
+    tracing::debug!(
+        unreferenced,
+        present,
+        stored_lately,
+        copied,
+        "heal batch settled"
+    );
     done
 }
 
@@ -144,11 +163,19 @@ async fn heal_one(service: &Arc<Service>, id: &ChunkId) -> Result<Healed, String
     }
     let chunks = service.chunks.clone();
     let id = *id;
-    match tokio::task::spawn_blocking(move || chunks.get(&id))
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        Ok(_) => return Ok(Healed::Present),
+    let stored_lately = service.recent_puts.contains(&id);
+    let local = tokio::task::spawn_blocking(move || {
+        if stored_lately && chunks.contains(&id) {
+            Ok(None)
+        } else {
+            chunks.get(&id).map(Some)
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    match local {
+        Ok(None) => return Ok(Healed::StoredLately),
+        Ok(Some(_)) => return Ok(Healed::Present),
         Err(ChunkError::NotFound(_)) => {}
         Err(ChunkError::Corrupt { .. }) => {
             tracing::warn!(chunk = %id, "local copy is corrupt; fetching a good one");

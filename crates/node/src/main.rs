@@ -12,6 +12,7 @@ mod join;
 mod network;
 mod placement;
 mod raft_types;
+mod recent_puts;
 mod service;
 mod sessions;
 mod store;
@@ -131,6 +132,7 @@ async fn run(cfg: Config) -> Result<()> {
         rpc,
         heal_trigger: tokio::sync::Notify::new(),
         healed_chunks: AtomicU64::new(0),
+        recent_puts: recent_puts::RecentPuts::new(),
         healed_bytes: AtomicU64::new(0),
         // A node runs a placement pass at start: one cut by a restart runs again.
         placement_requested: AtomicBool::new(true),

@@ -49,6 +49,8 @@ pub struct Service {
     pub heal_trigger: Notify,
     /// Copies made by the heal worker since start.
     pub healed_chunks: AtomicU64,
+    /// Chunks this process stored from puts lately (heal trusts their hash check).
+    pub recent_puts: crate::recent_puts::RecentPuts,
     /// Bytes of those copies.
     pub healed_bytes: AtomicU64,
     /// A placement pass was asked for (`HealNow`, or the node started) and has not
@@ -286,7 +288,10 @@ impl Service {
     async fn chunk_put(&self, id: ChunkId, data: Vec<u8>) -> Response {
         let chunks = self.chunks.clone();
         match tokio::task::spawn_blocking(move || chunks.put(&id, &data)).await {
-            Ok(Ok(())) => Response::ChunkStored,
+            Ok(Ok(())) => {
+                self.recent_puts.insert(id);
+                Response::ChunkStored
+            }
             Ok(Err(e)) => {
                 tracing::warn!(chunk = %id, error = %e, "chunk put failed");
                 error(RpcError::new(e.code(), e.to_string()))

@@ -67,11 +67,14 @@ impl DirtyBuffer {
         }
         let (start, mut bytes) = match self.take_range_reaching(offset) {
             Some((start, mut bytes)) => {
+                // The range reaches `offset`: `at` is within it or just past its end.
                 let at = (offset - start) as usize;
-                if bytes.len() < at + data.len() {
-                    bytes.resize(at + data.len(), 0);
-                }
-                bytes[at..at + data.len()].copy_from_slice(data);
+                debug_assert!(at <= bytes.len());
+                // Overwrite what overlaps, append the rest (no zero-fill first: a
+                // sequential writer appends every byte it writes).
+                let overlap = bytes.len().saturating_sub(at).min(data.len());
+                bytes[at..at + overlap].copy_from_slice(&data[..overlap]);
+                bytes.extend_from_slice(&data[overlap..]);
                 (start, bytes)
             }
             None => (offset, data.to_vec()),
