@@ -5,8 +5,9 @@
 //! commit. The heal pass then found the copy present, but only after reading the whole
 //! chunk back and hashing it. A put has already checked the hash of the bytes it stored
 //! and fsynced them, so for a chunk in this set heal only checks that its file is still
-//! there (GC may have removed it since). Bounded: the oldest ids are forgotten first, and
-//! a restart forgets everything (heal then verifies by reading, as before).
+//! there (GC may have removed it since). A copy found corrupt is forgotten at once, so
+//! the heal it asks for reads and replaces it. Bounded: the oldest ids are forgotten
+//! first, and a restart forgets everything (heal then verifies by reading, as before).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
@@ -26,7 +27,9 @@ pub struct RecentPuts {
 #[derive(Debug, Default)]
 struct Inner {
     ids: HashSet<ChunkId>,
-    /// Insertion order of `ids` (each id once).
+    /// Insertion order, at most [`RECENT_PUTS_MAX`] long. Holds every id of `ids`, and
+    /// may still hold ids forgotten since (they leave when their turn comes; one that was
+    /// inserted again meanwhile is then forgotten early, which only costs a read).
     order: VecDeque<ChunkId>,
 }
 
@@ -48,7 +51,16 @@ impl RecentPuts {
                 inner.ids.remove(&old);
             }
         }
-        debug_assert_eq!(inner.ids.len(), inner.order.len());
+        debug_assert!(inner.ids.len() <= inner.order.len());
+    }
+
+    /// Forgets `id`: its copy was found corrupt, so its put's hash check no longer holds.
+    pub fn forget(&self, id: &ChunkId) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ids
+            .remove(id);
     }
 
     /// Whether a put of `id` was recorded and not forgotten yet.
@@ -89,5 +101,22 @@ mod tests {
         let inner = recent.inner.lock().unwrap();
         assert_eq!(inner.ids.len(), RECENT_PUTS_MAX);
         assert_eq!(inner.order.len(), RECENT_PUTS_MAX);
+    }
+
+    #[test]
+    fn a_forgotten_id_is_not_remembered_and_the_bound_holds() {
+        let recent = RecentPuts::new();
+        recent.insert(id(1));
+        recent.forget(&id(1));
+        assert!(!recent.contains(&id(1)));
+        recent.insert(id(1));
+        assert!(recent.contains(&id(1)));
+        for n in 2..(RECENT_PUTS_MAX as u64 * 2) {
+            recent.insert(id(n));
+            recent.forget(&id(n - 1));
+        }
+        let inner = recent.inner.lock().unwrap();
+        assert!(inner.order.len() <= RECENT_PUTS_MAX);
+        assert!(inner.ids.len() <= inner.order.len());
     }
 }

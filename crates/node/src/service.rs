@@ -334,6 +334,8 @@ impl Service {
     /// Records this node's copy of `id` as needing heal (in the background: the reader
     /// has already moved on to another replica) and wakes the heal worker.
     fn report_corrupt(self: &Arc<Self>, id: ChunkId) {
+        // Heal must read and replace this copy, not trust the put that stored it.
+        self.recent_puts.forget(&id);
         let service = self.clone();
         tokio::spawn(async move {
             let op = MetaOp::MarkUnderReplicated {
