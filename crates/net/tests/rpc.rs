@@ -594,6 +594,15 @@ async fn a_call_to_a_peer_that_falls_silent_fails_when_the_connection_goes_idle(
         "the client tried to reconnect to a silent peer"
     );
 
+    // A new connection to the silent peer fails as well (its handshake times out), again
+    // long before the call's own timeout.
+    let started = std::time::Instant::now();
+    let result = client.call(addr, &Request::NodeStatus, call_timeout).await;
+    let took = started.elapsed();
+    eprintln!("new connection to a silent peer: {result:?} after {took:?}");
+    assert!(result.is_err(), "{result:?}");
+    assert!(took < call_timeout / 4, "the connect waited {took:?}");
+
     silent.store(false, Ordering::SeqCst);
     status_ok(&client, addr).await;
     server.close();

@@ -190,6 +190,15 @@ impl Config {
             .chunk_dir
             .or(file.chunk_dir)
             .unwrap_or_else(|| data_dir.join("chunks"));
+        let heartbeat_ms = args
+            .heartbeat_ms
+            .or(file.heartbeat_ms)
+            .unwrap_or(HEARTBEAT_DEFAULT_MS);
+        let (election_min_ms, election_max_ms) = election_bounds(
+            heartbeat_ms,
+            args.election_min_ms.or(file.election_min_ms),
+            args.election_max_ms.or(file.election_max_ms),
+        );
         let cfg = Config {
             node_id,
             listen,
@@ -207,18 +216,9 @@ impl Config {
                 .heal_interval_ms
                 .or(file.heal_interval_ms)
                 .unwrap_or(1_000),
-            heartbeat_ms: args
-                .heartbeat_ms
-                .or(file.heartbeat_ms)
-                .unwrap_or(HEARTBEAT_DEFAULT_MS),
-            election_min_ms: args
-                .election_min_ms
-                .or(file.election_min_ms)
-                .unwrap_or(ELECTION_MIN_DEFAULT_MS),
-            election_max_ms: args
-                .election_max_ms
-                .or(file.election_max_ms)
-                .unwrap_or(ELECTION_MAX_DEFAULT_MS),
+            heartbeat_ms,
+            election_min_ms,
+            election_max_ms,
             log_json: args.log_json || file.log_json.unwrap_or(false),
             data_dir,
         };
@@ -252,9 +252,35 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
 }
 
+/// The election timeout bounds, in milliseconds: as configured, with a missing one derived
+/// from the other (max = 2 × min), and with neither the defaults, raised to 2 × and 4 ×
+/// the heartbeat when that is longer than the defaults allow. So a config written for
+/// the old defaults (`election_min_ms = 1000` alone) or a longer heartbeat still loads.
+fn election_bounds(heartbeat_ms: u64, min_ms: Option<u64>, max_ms: Option<u64>) -> (u64, u64) {
+    match (min_ms, max_ms) {
+        (Some(min), Some(max)) => (min, max),
+        (Some(min), None) => (min, min.saturating_mul(2)),
+        (None, Some(max)) => (max / 2, max),
+        (None, None) => (
+            ELECTION_MIN_DEFAULT_MS.max(heartbeat_ms.saturating_mul(2)),
+            ELECTION_MAX_DEFAULT_MS.max(heartbeat_ms.saturating_mul(4)),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_election_bound_is_derived_from_the_other() {
+        assert_eq!(election_bounds(250, None, None), (500, 1_000));
+        assert_eq!(election_bounds(250, Some(1_000), None), (1_000, 2_000));
+        assert_eq!(election_bounds(250, None, Some(3_000)), (1_500, 3_000));
+        assert_eq!(election_bounds(250, Some(700), Some(900)), (700, 900));
+        // A longer heartbeat alone still gives bounds that pass the check.
+        assert_eq!(election_bounds(400, None, None), (800, 1_600));
+    }
 
     #[test]
     fn flags_override_file() {

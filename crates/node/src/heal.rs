@@ -4,8 +4,9 @@
 //! committed (`MetaOp::Write::under_replicated`); nodes record their own corrupt copies
 //! (`MetaOp::MarkUnderReplicated`). Each node reads the entries naming it from its own
 //! applied state — no crawl of the namespace or of other nodes' stores — and for each:
-//! keeps its copy if it is present and hashes right, else fetches a good copy from another
-//! node (placement order) and stores it. Entries for chunks no extent references any more
+//! keeps its copy if it is present and hashes right (or, for a writer's entry, if a put
+//! stored it lately: [`crate::recent_puts`]), else fetches a good copy from another node
+//! (placement order) and stores it. Entries for chunks no extent references any more
 //! are simply dropped. Done entries are removed with one `HealDone` per batch, proposed
 //! through the metadata leader; each removal only takes effect if the entry did not change
 //! meanwhile, so a copy found missing again is never forgotten.
@@ -115,7 +116,7 @@ async fn heal_batch(
         while set.len() < HEAL_IN_FLIGHT_MAX {
             let Some(entry) = queue.next() else { break };
             let service = service.clone();
-            set.spawn(async move { (entry, heal_one(&service, &entry.chunk).await) });
+            set.spawn(async move { (entry, heal_one(&service, &entry).await) });
         }
         let Some(joined) = set.join_next().await else {
             break;
@@ -153,7 +154,8 @@ async fn heal_batch(
 }
 
 /// Makes sure this node holds a good copy of `id`.
-async fn heal_one(service: &Arc<Service>, id: &ChunkId) -> Result<Healed, String> {
+async fn heal_one(service: &Arc<Service>, entry: &HealEntry) -> Result<Healed, String> {
+    let id = &entry.chunk;
     let referenced = {
         let view = service.db.view().map_err(|e| e.to_string())?;
         plait_meta::is_referenced(&view, id).map_err(|e| e.to_string())?
@@ -163,7 +165,10 @@ async fn heal_one(service: &Arc<Service>, id: &ChunkId) -> Result<Healed, String
     }
     let chunks = service.chunks.clone();
     let id = *id;
-    let stored_lately = service.recent_puts.contains(&id);
+    // Only a writer's entry (it knows the chunk's size) may be settled on the strength of
+    // a recent put. A corruption report or a failed placement copy records size 0: that
+    // copy is always read and hashed, whatever order the report and a put came in.
+    let stored_lately = entry.size_bytes > 0 && service.recent_puts.contains(&id);
     let local = tokio::task::spawn_blocking(move || {
         if stored_lately && chunks.contains(&id) {
             Ok(None)
