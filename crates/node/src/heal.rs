@@ -155,16 +155,15 @@ async fn heal_batch(
 
 /// Makes sure this node holds a good copy of `id`.
 async fn heal_one(service: &Arc<Service>, entry: &HealEntry) -> Result<Healed, String> {
-    let id = &entry.chunk;
+    let id = entry.chunk;
     let referenced = {
         let view = service.db.view().map_err(|e| e.to_string())?;
-        plait_meta::is_referenced(&view, id).map_err(|e| e.to_string())?
+        plait_meta::is_referenced(&view, &id).map_err(|e| e.to_string())?
     };
     if !referenced {
         return Ok(Healed::Unreferenced);
     }
     let chunks = service.chunks.clone();
-    let id = *id;
     // Only a writer's entry (it knows the chunk's size) may be settled on the strength of
     // a recent put. A corruption report or a failed placement copy records size 0: that
     // copy is always read and hashed, whatever order the report and a put came in.

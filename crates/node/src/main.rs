@@ -132,8 +132,8 @@ async fn run(cfg: Config) -> Result<()> {
         rpc,
         heal_trigger: tokio::sync::Notify::new(),
         healed_chunks: AtomicU64::new(0),
-        recent_puts: recent_puts::RecentPuts::new(),
         healed_bytes: AtomicU64::new(0),
+        recent_puts: recent_puts::RecentPuts::new(),
         // A node runs a placement pass at start: one cut by a restart runs again.
         placement_requested: AtomicBool::new(true),
         placement_running: AtomicBool::new(false),

@@ -49,10 +49,10 @@ pub struct Service {
     pub heal_trigger: Notify,
     /// Copies made by the heal worker since start.
     pub healed_chunks: AtomicU64,
-    /// Chunks this process stored from puts lately (heal trusts their hash check).
-    pub recent_puts: crate::recent_puts::RecentPuts,
     /// Bytes of those copies.
     pub healed_bytes: AtomicU64,
+    /// Chunks this process stored from puts lately (heal trusts their hash check).
+    pub recent_puts: crate::recent_puts::RecentPuts,
     /// A placement pass was asked for (`HealNow`, or the node started) and has not
     /// started yet.
     pub placement_requested: AtomicBool,
